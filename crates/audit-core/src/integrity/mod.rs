@@ -1,0 +1,1 @@
+//! Integrity primitives (canonical form, RFC 6962 Merkle trees, signed checkpoints).
