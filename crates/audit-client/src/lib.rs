@@ -1,1 +1,3 @@
-//! audit-client
+//! audit-client: the entry point applications use.
+
+pub mod embedded;

@@ -1,0 +1,1 @@
+//! Private PostgreSQL clusters (embedded default and test clusters).
