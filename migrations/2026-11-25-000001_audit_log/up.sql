@@ -59,6 +59,11 @@ CREATE TRIGGER audit_log_no_update_delete
     BEFORE UPDATE OR DELETE ON audit_log
     FOR EACH ROW EXECUTE FUNCTION audit_log_refuse_change();
 
+-- Statement-level too, so that even a statement touching no row is refused on the parent.
+CREATE TRIGGER audit_log_no_update_delete_stmt
+    BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse_change();
+
 CREATE TRIGGER audit_log_no_truncate
     BEFORE TRUNCATE ON audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse_change();
@@ -90,6 +95,9 @@ CREATE INDEX audit_checkpoints_log_size_idx ON audit_checkpoints (log_id, tree_s
 CREATE TRIGGER audit_checkpoints_no_update_delete
     BEFORE UPDATE OR DELETE ON audit_checkpoints
     FOR EACH ROW EXECUTE FUNCTION audit_log_refuse_change();
+CREATE TRIGGER audit_checkpoints_no_update_delete_stmt
+    BEFORE UPDATE OR DELETE ON audit_checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse_change();
 CREATE TRIGGER audit_checkpoints_no_truncate
     BEFORE TRUNCATE ON audit_checkpoints
     FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse_change();

@@ -27,7 +27,27 @@ pub struct TimeRange {
     pub lt: Option<DateTime<Utc>>,
 }
 
+fn floor_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    crate::event::truncate_to_micros(t)
+}
+
+fn ceil_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    let f = floor_micros(t);
+    if f == t { f } else { f + chrono::Duration::microseconds(1) }
+}
+
 impl TimeRange {
+    /// The same window on microsecond bounds (stored timestamps have microseconds): `gte`/`lt` round up, `gt`/`lte`
+    /// round down, so the database's answer equals the exact comparison on nanoseconds.
+    pub fn normalized(&self) -> TimeRange {
+        TimeRange {
+            gte: self.gte.map(ceil_micros),
+            gt: self.gt.map(floor_micros),
+            lte: self.lte.map(floor_micros),
+            lt: self.lt.map(ceil_micros),
+        }
+    }
+
     /// The tightest inclusive lower bound and exclusive upper bound implied by the four operators, in
     /// microseconds; used to decide which partitions and cache periods a query touches.
     pub fn bounds_micros(&self) -> (Option<i64>, Option<i64>) {
@@ -117,6 +137,12 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
+    /// The filter with its time window on microsecond bounds (see [`TimeRange::normalized`]); queries, counts and
+    /// cache keys all use this form.
+    pub fn normalized(&self) -> EventFilter {
+        EventFilter { time: self.time.normalized(), ..self.clone() }
+    }
+
     /// The page size to use, or an error naming the bad limit.
     pub fn effective_limit(&self) -> AuditResult<u32> {
         match self.limit {

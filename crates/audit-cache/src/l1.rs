@@ -1,0 +1,195 @@
+//! L1: the in-process tier on `quick_cache`, bounded by bytes and by entry count through one weigher.
+//!
+//! Every entry is charged `max(real bytes, budget / maxKeys)`. The byte budget is a hard bound of quick_cache, so
+//! the real bytes held never exceed it, and since every entry weighs at least `budget / maxKeys`, no more than
+//! `maxKeys` entries fit either.
+
+use std::mem::size_of;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use audit_core::{Page, StoredEvent};
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
+use serde_json::Value;
+
+/// Fixed cost charged per entry for the table slot, the ghost entry and the `Arc` header.
+pub const ENTRY_OVERHEAD: u64 = 160;
+
+/// One cached answer and what it was computed under.
+#[derive(Debug)]
+pub struct L1Entry {
+    /// The answer.
+    pub page: Arc<Page>,
+    /// Local generation counters read before the answer was loaded.
+    pub local: Box<[u64]>,
+    /// Fingerprint of the Redis generations read before the answer was loaded (`None`: Redis unreachable then).
+    pub remote: Option<[u8; 16]>,
+    /// When the answer was last proven fresh (ms on the cache's clock): the generation read before it was loaded,
+    /// moved forward by every later successful Redis check.
+    pub verified_ms: AtomicU64,
+    /// When the entry dies (ms on the cache's clock).
+    pub expires_ms: u64,
+    /// What the weigher charges.
+    pub weight: u64,
+}
+
+pub type Val = Arc<L1Entry>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct EntryWeighter;
+
+impl Weighter<String, Val> for EntryWeighter {
+    fn weight(&self, _key: &String, val: &Val) -> u64 {
+        val.weight
+    }
+}
+
+/// Counts evictions (and entries too large to be admitted at all).
+#[derive(Debug, Clone)]
+pub struct EvictionHook {
+    pub evictions: Arc<AtomicU64>,
+    pub rejected: Arc<AtomicU64>,
+    pub max_item: Arc<AtomicU64>,
+}
+
+impl Lifecycle<String, Val> for EvictionHook {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut (), _key: String, val: Val) {
+        if val.weight > self.max_item.load(Ordering::Relaxed) {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("audit_db_cache_rejected_total").increment(1);
+        } else {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("audit_db_cache_evictions_total").increment(1);
+        }
+    }
+}
+
+pub type L1Cache = Cache<String, Val, EntryWeighter, DefaultHashBuilder, EvictionHook>;
+
+/// The L1 store and its accounting.
+pub struct L1 {
+    pub cache: L1Cache,
+    pub hook: EvictionHook,
+    /// The byte budget actually enforced (the configured one rounded down to a multiple of the shard count).
+    pub budget: u64,
+    /// The least weight of an entry (`budget / maxKeys`).
+    pub min_weight: u64,
+}
+
+impl std::fmt::Debug for L1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L1").field("budget", &self.budget).field("min_weight", &self.min_weight).finish()
+    }
+}
+
+impl L1 {
+    /// A cache of at most `budget_bytes` bytes and `max_keys` entries (0: no entry limit beyond the bytes).
+    pub fn new(budget_bytes: u64, max_keys: u64) -> Self {
+        const SHARD_BYTES: u64 = 8 << 20;
+        let mut shards = (budget_bytes / SHARD_BYTES).clamp(1, 16);
+        if max_keys > 0 {
+            shards = shards.min((max_keys / 32).max(1));
+        }
+        // Power of two, and the budget a multiple of it: quick_cache then gives each shard exactly
+        // budget / shards and the sum over shards never passes the budget.
+        let shards = 1u64 << (63 - shards.leading_zeros());
+        let budget = (budget_bytes / shards) * shards;
+        let min_weight = if max_keys == 0 { 0 } else { budget.div_ceil(max_keys) };
+        let estimated = if max_keys == 0 { (budget / 4096).max(64) } else { max_keys.min(budget / 256 + 64) };
+        let hook = EvictionHook {
+            evictions: Arc::default(),
+            rejected: Arc::default(),
+            max_item: Arc::new(AtomicU64::new(u64::MAX)),
+        };
+        let options = OptionsBuilder::new()
+            .shards(shards as usize)
+            .estimated_items_capacity(estimated as usize)
+            .weight_capacity(budget)
+            .build()
+            .expect("the options are in range by construction");
+        let cache = Cache::with_options(options, EntryWeighter, DefaultHashBuilder::default(), hook.clone());
+        // quick_cache admits an entry only if it fits the hot part of one shard.
+        let max_item = (cache.shard_capacity() as f64 * quick_cache_hot_allocation()) as u64;
+        hook.max_item.store(max_item, Ordering::Relaxed);
+        Self { cache, hook, budget, min_weight }
+    }
+
+    /// The weight to charge for an entry of `slot` holding `page`.
+    pub fn weigh(&self, slot: &str, page: &Page, local_len: usize) -> u64 {
+        let real = ENTRY_OVERHEAD + slot.len() as u64 + (local_len * 8) as u64 + page_bytes(page);
+        real.max(self.min_weight)
+    }
+}
+
+fn quick_cache_hot_allocation() -> f64 {
+    0.97
+}
+
+/// Bytes a page holds: its structs and every heap allocation (strings, vectors, `details`).
+pub fn page_bytes(page: &Page) -> u64 {
+    let mut n = size_of::<Page>() + page.events.capacity() * size_of::<StoredEvent>();
+    for s in &page.events {
+        let e = &s.event;
+        n += e.action.capacity() + e.retention_policy.capacity() + e.event_version.capacity();
+        for o in [
+            &e.principal_id,
+            &e.organization_id,
+            &e.target_resource_type,
+            &e.target_resource_id,
+            &e.outcome_description,
+            &e.correlation_id,
+            &e.ttl,
+        ] {
+            n += o.as_ref().map_or(0, String::capacity);
+        }
+        n += map_bytes(&e.details);
+    }
+    n as u64
+}
+
+/// A B-tree node per few entries, a key `String` and a `Value` per entry, and what those point to.
+const BTREE_ENTRY_OVERHEAD: usize = 16;
+
+fn map_bytes(m: &serde_json::Map<String, Value>) -> usize {
+    m.iter()
+        .map(|(k, v)| BTREE_ENTRY_OVERHEAD + size_of::<String>() + k.capacity() + size_of::<Value>() + value_heap(v))
+        .sum()
+}
+
+fn value_heap(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) => 0,
+        // With arbitrary_precision a number is its decimal text.
+        Value::Number(n) => n.to_string().len(),
+        Value::String(s) => s.capacity(),
+        Value::Array(a) => a.capacity() * size_of::<Value>() + a.iter().map(value_heap).sum::<usize>(),
+        Value::Object(m) => map_bytes(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_divide_the_budget_and_keys_bound_the_count() {
+        let l1 = L1::new(100 << 20, 10_000);
+        assert!(l1.budget <= 100 << 20);
+        assert_eq!(l1.budget % l1.cache.num_shards() as u64, 0);
+        assert!(l1.budget / l1.min_weight <= 10_000);
+        let small = L1::new(1 << 20, 0);
+        assert_eq!(small.budget, 1 << 20);
+        assert_eq!(small.min_weight, 0);
+    }
+
+    #[test]
+    fn details_count_towards_the_weight() {
+        let mut page = Page::default();
+        let small = page_bytes(&page);
+        page.events.push(crate::test_support::event_with_details("o", 0, 10_000));
+        assert!(page_bytes(&page) > small + 10_000);
+    }
+}

@@ -1,0 +1,124 @@
+//! Group commit: many concurrent `insert` calls share one transaction.
+//!
+//! Callers enqueue into a bounded channel and wait for their own acknowledgement. One task drains the queue: it
+//! takes whatever is waiting (up to `batch_max_events`), waits at most `batch_max_wait_us` for more while the batch is
+//! small, flushes the batch in one transaction, then answers every caller. While a flush runs, new callers queue up
+//! and form the next batch, so the batch size grows with load by itself. A full queue is refused at once with an
+//! *unavailable* error instead of growing memory without bound.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use audit_core::AuditError;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::writer::{PreparedEvent, WriteOutcome};
+
+struct Request {
+    event: PreparedEvent,
+    reply: oneshot::Sender<Result<WriteOutcome, AuditError>>,
+}
+
+/// Counters of the group committer.
+#[derive(Debug, Default)]
+pub struct BatcherStats {
+    /// Transactions (flushes) run.
+    pub flushes: AtomicU64,
+    /// Events flushed.
+    pub events: AtomicU64,
+    /// Events refused because the queue was full.
+    pub refused: AtomicU64,
+}
+
+/// Handle to the group-commit task.
+#[derive(Clone)]
+pub struct GroupCommitter {
+    tx: mpsc::Sender<Request>,
+    capacity: usize,
+    stats: Arc<BatcherStats>,
+}
+
+impl std::fmt::Debug for GroupCommitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommitter").field("capacity", &self.capacity).finish_non_exhaustive()
+    }
+}
+
+impl GroupCommitter {
+    /// Starts the task. `flush` stores one batch and returns one outcome per event, in order.
+    pub fn spawn<F, Fut>(max_events: usize, max_wait: Duration, capacity: usize, flush: F) -> Self
+    where
+        F: Fn(Vec<PreparedEvent>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<WriteOutcome>, AuditError>> + Send + 'static,
+    {
+        let (tx, mut rx) = mpsc::channel::<Request>(capacity);
+        let stats = Arc::new(BatcherStats::default());
+        let task_stats = stats.clone();
+        tokio::spawn(async move {
+            let mut batch: Vec<Request> = Vec::with_capacity(max_events);
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                let deadline = tokio::time::Instant::now() + max_wait;
+                while batch.len() < max_events {
+                    match rx.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(mpsc::error::TryRecvError::Disconnected) => break,
+                        Err(mpsc::error::TryRecvError::Empty) => {
+                            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                                Ok(Some(r)) => batch.push(r),
+                                Ok(None) | Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                let (events, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|r| (r.event, r.reply)).unzip();
+                let n = events.len();
+                let result = flush(events).await;
+                task_stats.flushes.fetch_add(1, Ordering::Relaxed);
+                task_stats.events.fetch_add(n as u64, Ordering::Relaxed);
+                metrics::histogram!("audit_db_group_commit_batch_size").record(n as f64);
+                match result {
+                    Ok(outcomes) => {
+                        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                            let _ = reply.send(Ok(outcome));
+                        }
+                    }
+                    Err(e) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Self { tx, capacity, stats }
+    }
+
+    /// Enqueues an event and waits until its transaction has committed (or failed).
+    pub async fn submit(&self, event: PreparedEvent) -> Result<WriteOutcome, AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(Request { event, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                AuditError::unavailable(format!(
+                    "insert queue is full ({} events are waiting for the database); retry later",
+                    self.capacity
+                ))
+            }
+            mpsc::error::TrySendError::Closed(_) => AuditError::unavailable("the writer task has stopped"),
+        })?;
+        rx.await.map_err(|_| AuditError::unavailable("the writer task stopped before acknowledging the event"))?
+    }
+
+    /// Events currently waiting.
+    pub fn queued(&self) -> usize {
+        self.capacity - self.tx.capacity()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &BatcherStats {
+        &self.stats
+    }
+}

@@ -1,0 +1,648 @@
+//! PartitionManager against real PostgreSQL: a fresh database per test with both migrations applied.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use audit_core::config::{PartitionConfig, PartitionInterval, PartitionStrategy};
+use audit_core::{DataClassification, ErrorClass, PartitionProvisioner};
+use audit_partition::{HoldTarget, PartitionManager, Period, RetentionAction};
+use chrono::{DateTime, TimeDelta, Utc};
+use rand::Rng;
+use tokio_postgres::{Client, NoTls};
+
+const MIGRATION_1: &str = include_str!("../../../migrations/2026-11-25-000001_audit_log/up.sql");
+const MIGRATION_2: &str = include_str!("../../../migrations/2026-11-25-000002_partition_manager/up.sql");
+
+fn base_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+fn url_for(db: &str) -> String {
+    let base = base_url();
+    let (prefix, rest) = base.rsplit_once('/').expect("DATABASE_URL has a database part");
+    let query = rest.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+    format!("{prefix}/{db}{query}")
+}
+
+async fn connect(url: &str) -> Client {
+    let (c, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    c.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    c
+}
+
+/// A throw-away database; dropped (with FORCE) when the value goes, even if the test panicked.
+struct TestDb {
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn new() -> Self {
+        let name = format!("partition_{:016x}", rand::thread_rng().r#gen::<u64>());
+        let admin = connect(&base_url()).await;
+        admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'")).await.unwrap();
+        let url = url_for(&name);
+        let c = connect(&url).await;
+        c.batch_execute(MIGRATION_1).await.expect("migration 1");
+        c.batch_execute(MIGRATION_2).await.expect("migration 2");
+        TestDb { name, url }
+    }
+    async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok((c, conn)) = tokio_postgres::connect(&base_url(), NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn config(strategy: PartitionStrategy, interval: PartitionInterval) -> PartitionConfig {
+    PartitionConfig { strategy, interval, lock_timeout: 300, ..PartitionConfig::default() }
+}
+
+fn ts(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+/// (child, parent, bound) of every table in audit_log's tree below the root, from pg_catalog.
+async fn tree(c: &Client) -> Vec<(String, String, String)> {
+    c.query(
+        "SELECT t.relid::text, t.parentrelid::text, pg_get_expr(k.relpartbound, k.oid) \
+         FROM pg_partition_tree('audit_log') t JOIN pg_class k ON k.oid = t.relid \
+         WHERE t.level > 0 ORDER BY 1",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+async fn top_level(c: &Client) -> BTreeMap<String, String> {
+    tree(c).await.into_iter().filter(|(_, p, _)| p == "audit_log").map(|(n, _, b)| (n, b)).collect()
+}
+
+fn range_bound(p: Period) -> String {
+    format!(
+        "FOR VALUES FROM ('{}') TO ('{}')",
+        p.start().format("%Y-%m-%d %H:%M:%S+00"),
+        p.end().format("%Y-%m-%d %H:%M:%S+00")
+    )
+}
+
+/// Inserts `n` rows at `at` with plain INSERT; seq values start at `seq0` (unique per organisation).
+async fn insert_rows(c: &Client, at: DateTime<Utc>, n: i64, org: Option<&str>, class: &str, policy: &str, seq0: i64) {
+    c.execute(
+        "INSERT INTO audit_log (event_id, \"timestamp\", ingested_at, action, status, seq, leaf_hash, \
+                                organization_id, data_classification, retention_policy) \
+         SELECT gen_random_uuid(), $1::timestamptz + make_interval(secs => g), now(), 'test.action', 'success', \
+                $5::bigint + g, sha256(convert_to(($5::bigint + g) || coalesce($2, '-'), 'UTF8')), $2, $3, $4 \
+         FROM generate_series(0::bigint, $6::bigint - 1) g",
+        &[&at, &org, &class, &policy, &seq0, &n],
+    )
+    .await
+    .expect("insert rows");
+}
+
+#[tokio::test]
+async fn range_premake_and_on_demand_2019_partition() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mgr =
+        PartitionManager::connect(&db.url, config(PartitionStrategy::Range, PartitionInterval::Monthly)).await.unwrap();
+    let now = Utc::now();
+    let created = mgr.premake().await.unwrap();
+    let cur = Period::of(PartitionInterval::Monthly, now);
+    let expected: Vec<String> = (0..=3).map(|i| cur.offset(i).table_name()).collect();
+    assert_eq!(created, expected);
+    assert!(mgr.premake().await.unwrap().is_empty(), "premake is idempotent");
+
+    let old = ts("2019-03-10T12:00:00Z");
+    mgr.ensure_covering(&[old, old]).await.unwrap();
+    mgr.ensure_covering(&[old]).await.unwrap();
+    let parts = top_level(&c).await;
+    assert_eq!(parts.len(), 5);
+    let p2019 = Period::of(PartitionInterval::Monthly, old);
+    assert_eq!(parts["audit_log_2019_03"], range_bound(p2019));
+    assert_eq!(parts["audit_log_2019_03"], "FOR VALUES FROM ('2019-03-01 00:00:00+00') TO ('2019-04-01 00:00:00+00')");
+    for name in &expected {
+        assert_eq!(parts[name], range_bound(Period::parse_name(PartitionInterval::Monthly, name).unwrap()));
+    }
+    // The helper CHECK is gone, the parent's five indexes plus the key are there, and TRUNCATE is refused.
+    let checks: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'audit_log_2019_03'::regclass AND conname LIKE '%_bounds'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(checks, 0);
+    let idx: i64 = c
+        .query_one("SELECT count(*) FROM pg_index WHERE indrelid = 'audit_log_2019_03'::regclass", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(idx, 6);
+    insert_rows(&c, old, 3, Some("acme"), "INTERNAL", "standard", 0).await;
+    let err = c.batch_execute("TRUNCATE audit_log_2019_03").await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "42501");
+    let err = c.batch_execute("DELETE FROM audit_log_2019_03 WHERE false").await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "42501", "statement-level refusal, as on the parent");
+    let status = mgr.status().await.unwrap();
+    let s = status.iter().find(|s| s.name == "audit_log_2019_03").unwrap();
+    assert_eq!((s.range_from, s.range_to), (Some(p2019.start()), Some(p2019.end())));
+    assert_eq!(s.index_count, 6);
+    assert!(s.total_bytes > 0);
+    let analysis = mgr.analyze().await.unwrap();
+    assert!(analysis.missing_future.is_empty());
+    // Standard rows are kept 2555 days after the partition's upper bound.
+    let expired = p2019.end() + TimeDelta::days(2555) <= Utc::now();
+    assert_eq!(analysis.past_retention, if expired { vec![p2019.table_name()] } else { Vec::new() });
+}
+
+#[tokio::test]
+async fn quarterly_partitions_are_calendar_quarters() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mgr = PartitionManager::connect(&db.url, config(PartitionStrategy::Range, PartitionInterval::Quarterly))
+        .await
+        .unwrap();
+    mgr.ensure_covering(&[ts("2026-05-15T00:00:00Z"), ts("2025-12-31T23:59:59Z")]).await.unwrap();
+    let parts = top_level(&c).await;
+    assert_eq!(
+        parts.get("audit_log_2026_q2").map(String::as_str),
+        Some("FOR VALUES FROM ('2026-04-01 00:00:00+00') TO ('2026-07-01 00:00:00+00')")
+    );
+    assert_eq!(
+        parts.get("audit_log_2025_q4").map(String::as_str),
+        Some("FOR VALUES FROM ('2025-10-01 00:00:00+00') TO ('2026-01-01 00:00:00+00')")
+    );
+    assert_eq!(parts.len(), 2);
+}
+
+#[tokio::test]
+async fn hash_strategy_builds_bucket_subpartitions_and_replaces_the_primary_key() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let cfg = PartitionConfig { hash_buckets: 4, ..config(PartitionStrategy::Hash, PartitionInterval::Yearly) };
+    let mgr = PartitionManager::connect(&db.url, cfg).await.unwrap();
+    mgr.ensure_covering(&[ts("2024-06-01T00:00:00Z")]).await.unwrap();
+    let t = tree(&c).await;
+    let top: Vec<_> = t.iter().filter(|(_, p, _)| p == "audit_log").collect();
+    assert_eq!(top.len(), 1);
+    assert_eq!(top[0].0, "audit_log_2024");
+    assert_eq!(top[0].2, "FOR VALUES FROM ('2024-01-01 00:00:00+00') TO ('2025-01-01 00:00:00+00')");
+    let leaves: BTreeMap<_, _> =
+        t.iter().filter(|(_, p, _)| p == "audit_log_2024").map(|(n, _, b)| (n.clone(), b.clone())).collect();
+    assert_eq!(leaves.len(), 4);
+    for i in 0..4 {
+        assert_eq!(leaves[&format!("audit_log_2024_h{i}")], format!("FOR VALUES WITH (modulus 4, remainder {i})"));
+    }
+    let strat: String = c
+        .query_one("SELECT partstrat::text FROM pg_partitioned_table WHERE partrelid = 'audit_log_2024'::regclass", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(strat, "h");
+    let pk: i64 =
+        c.query_one("SELECT count(*) FROM pg_constraint WHERE conname = 'audit_log_pkey'", &[]).await.unwrap().get(0);
+    assert_eq!(pk, 0);
+    let key: bool = c
+        .query_one("SELECT indisunique FROM pg_index WHERE indexrelid = 'audit_log_event_key'::regclass", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(key);
+    for (i, org) in ["a", "b", "c", "d", "e", "f", "g", "h"].iter().enumerate() {
+        insert_rows(&c, ts("2024-06-01T00:00:00Z"), 2, Some(org), "INTERNAL", "standard", i as i64 * 10).await;
+    }
+    insert_rows(&c, ts("2024-06-01T00:00:00Z"), 1, None, "INTERNAL", "standard", 0).await;
+    let in_leaves: i64 = c
+        .query_one(
+            "SELECT sum((SELECT count(*) FROM audit_log_2024_h0) + (SELECT count(*) FROM audit_log_2024_h1) \
+             + (SELECT count(*) FROM audit_log_2024_h2) + (SELECT count(*) FROM audit_log_2024_h3))::bigint",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(in_leaves, 17);
+    let err = c.batch_execute("TRUNCATE audit_log_2024_h1").await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "42501");
+    let status = mgr.status().await.unwrap();
+    assert_eq!(status[0].leaves, 4);
+    assert_eq!(status[0].sub_partitioning.as_deref(), Some("hash"));
+}
+
+#[tokio::test]
+async fn list_strategy_builds_one_leaf_per_classification() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mgr =
+        PartitionManager::connect(&db.url, config(PartitionStrategy::List, PartitionInterval::Monthly)).await.unwrap();
+    mgr.ensure_covering(&[ts("2026-02-03T00:00:00Z")]).await.unwrap();
+    let t = tree(&c).await;
+    let leaves: BTreeMap<_, _> =
+        t.iter().filter(|(_, p, _)| p == "audit_log_2026_02").map(|(n, _, b)| (n.clone(), b.clone())).collect();
+    assert_eq!(leaves.len(), DataClassification::ALL.len());
+    for class in DataClassification::ALL {
+        let leaf = format!("audit_log_2026_02_{}", class.as_str().to_ascii_lowercase());
+        assert_eq!(leaves[&leaf], format!("FOR VALUES IN ('{}')", class.as_str()));
+    }
+    insert_rows(&c, ts("2026-02-03T00:00:00Z"), 2, Some("acme"), "PHI", "phi_extended", 0).await;
+    let n: i64 = c.query_one("SELECT count(*) FROM audit_log_2026_02_phi", &[]).await.unwrap().get(0);
+    assert_eq!(n, 2);
+    let n: i64 = c.query_one("SELECT count(*) FROM audit_log_2026_02_internal", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn changing_the_scheme_of_a_partitioned_table_is_refused() {
+    let db = TestDb::new().await;
+    let range = config(PartitionStrategy::Range, PartitionInterval::Monthly);
+    let mgr = PartitionManager::connect(&db.url, range.clone()).await.unwrap();
+    mgr.premake().await.unwrap();
+    for other in [
+        config(PartitionStrategy::Range, PartitionInterval::Quarterly),
+        config(PartitionStrategy::Hash, PartitionInterval::Monthly),
+    ] {
+        let err = PartitionManager::connect(&db.url, other).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::InvalidInput);
+        assert!(err.message.contains("refused"), "{}", err.message);
+    }
+    PartitionManager::connect(&db.url, range).await.expect("the recorded scheme is accepted");
+    let c = db.client().await;
+    let recorded: String =
+        c.query_one("SELECT period_interval::text FROM audit_partition_config", &[]).await.unwrap().get(0);
+    assert_eq!(recorded, "monthly");
+}
+
+#[tokio::test]
+async fn eight_concurrent_maintainers_and_writers_create_each_partition_once() {
+    let db = TestDb::new().await;
+    let cfg = config(PartitionStrategy::Hash, PartitionInterval::Monthly);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (url, cfg) = (db.url.clone(), cfg.clone());
+        set.spawn(async move { PartitionManager::connect(&url, cfg).await });
+    }
+    let mut managers = Vec::new();
+    while let Some(r) = set.join_next().await {
+        managers.push(Arc::new(r.unwrap().expect("concurrent connect")));
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for m in &managers {
+        let m = m.clone();
+        set.spawn(async move { m.maintain().await });
+    }
+    let mut ran = 0;
+    while let Some(r) = set.join_next().await {
+        let report = r.unwrap().expect("maintain succeeds");
+        if report.ran {
+            ran += 1;
+        } else {
+            assert!(report.skipped_reason.unwrap().contains("another instance"));
+        }
+    }
+    assert!(ran >= 1);
+    // Writers racing on a period nobody has (no maintenance lock here: the DDL race handling alone).
+    let old = ts("2019-07-04T00:00:00Z");
+    let mut set = tokio::task::JoinSet::new();
+    for m in &managers {
+        let m = m.clone();
+        set.spawn(async move {
+            m.ensure_covering(&[old]).await?;
+            m.premake().await
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap().expect("concurrent ensure_covering/premake succeed");
+    }
+    let c = db.client().await;
+    let parts = top_level(&c).await;
+    let cur = Period::of(PartitionInterval::Monthly, Utc::now());
+    let mut expected: HashSet<String> = (0..=3).map(|i| cur.offset(i).table_name()).collect();
+    expected.insert("audit_log_2019_07".into());
+    assert_eq!(parts.keys().cloned().collect::<HashSet<_>>(), expected);
+    let bounds: HashSet<&String> = parts.values().collect();
+    assert_eq!(bounds.len(), parts.len(), "no two partitions share bounds");
+    assert_eq!(tree(&c).await.len(), parts.len() * 5, "each month has exactly its four buckets");
+}
+
+struct RetentionFixture {
+    db: TestDb,
+    archive: tempfile::TempDir,
+    old: Period,
+    phi: Period,
+    cur: Period,
+}
+
+/// retention_days 365; `old` (800 days ago, INTERNAL/standard rows: expired), `phi` (900 days ago, PHI rows: kept
+/// 2555 days by the classification floor), and the current month.
+async fn retention_fixture() -> (RetentionFixture, PartitionManager) {
+    let db = TestDb::new().await;
+    let archive = tempfile::tempdir().unwrap();
+    let cfg = PartitionConfig {
+        retention_days: 365,
+        archive_dir: Some(archive.path().to_path_buf()),
+        ..config(PartitionStrategy::Range, PartitionInterval::Monthly)
+    };
+    let mgr = PartitionManager::connect(&db.url, cfg).await.unwrap().with_actor("retention-test");
+    let now = Utc::now();
+    let old = Period::of(PartitionInterval::Monthly, now - TimeDelta::days(800));
+    let phi = Period::of(PartitionInterval::Monthly, now - TimeDelta::days(900));
+    let cur = Period::of(PartitionInterval::Monthly, now);
+    mgr.ensure_covering(&[old.start(), phi.start(), cur.start()]).await.unwrap();
+    let c = db.client().await;
+    insert_rows(&c, old.start(), 25, Some("acme"), "INTERNAL", "standard", 0).await;
+    insert_rows(&c, old.start() + TimeDelta::days(3), 7, None, "PUBLIC", "minimal", 0).await;
+    insert_rows(&c, phi.start(), 4, Some("acme"), "PHI", "minimal", 100).await;
+    insert_rows(&c, cur.start(), 2, Some("acme"), "INTERNAL", "minimal", 200).await;
+    (RetentionFixture { db, archive, old, phi, cur }, mgr)
+}
+
+async fn snapshot(c: &Client) -> (Vec<(String, String, String)>, i64, i64, i64) {
+    let count = |sql: &'static str| async move { c.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) };
+    (
+        tree(c).await,
+        count("SELECT count(*) FROM audit_log").await,
+        count("SELECT count(*) FROM audit_retention_log").await,
+        count("SELECT count(*) FROM audit_log_pruned_leaves").await,
+    )
+}
+
+fn archive_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn retention_dry_run_changes_nothing_then_archives_and_drops_exactly_the_expired() {
+    let (fx, mgr) = retention_fixture().await;
+    let c = fx.db.client().await;
+    let before = snapshot(&c).await;
+
+    let plan = mgr.retention(true).await.unwrap();
+    assert!(plan.dry_run);
+    assert_eq!(plan.items.len(), 1, "{plan:?}");
+    assert_eq!(plan.items[0].partition, fx.old.table_name());
+    assert_eq!(plan.items[0].action, RetentionAction::WouldDrop);
+    assert_eq!(plan.items[0].rows, 32);
+    assert_eq!(plan.items[0].retention_days, 365);
+    assert_eq!(snapshot(&c).await, before, "a dry run changes nothing");
+    assert!(archive_files(fx.archive.path()).is_empty());
+
+    let mut originals: Vec<(Option<String>, i64, Vec<u8>, String)> = c
+        .query(
+            "SELECT organization_id::text, seq, leaf_hash, event_id::text FROM audit_log \
+             WHERE \"timestamp\" >= $1 AND \"timestamp\" < $2",
+            &[&fx.old.start(), &fx.old.end()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    originals.sort();
+
+    let report = mgr.retention(false).await.unwrap();
+    let dropped: Vec<_> = report.items.iter().filter(|i| i.action == RetentionAction::Dropped).collect();
+    assert_eq!(dropped.len(), 1, "{report:?}");
+    let item = dropped[0];
+    assert_eq!(item.partition, fx.old.table_name());
+    assert_eq!(item.rows, 32);
+
+    let parts = top_level(&c).await;
+    assert!(!parts.contains_key(&fx.old.table_name()));
+    assert!(parts.contains_key(&fx.phi.table_name()));
+    assert!(parts.contains_key(&fx.cur.table_name()));
+    let exists: bool = c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&fx.old.table_name()]).await.unwrap().get(0);
+    assert!(!exists, "the table is dropped, not only detached");
+
+    // The archive holds every dropped event, and its checksum matches the manifest and the log.
+    let receipt = item.archive.as_ref().unwrap();
+    assert_eq!(audit_partition::sha256_file(std::path::Path::new(&receipt.location)).unwrap(), receipt.sha256);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&receipt.manifest_location).unwrap()).unwrap();
+    assert_eq!(manifest["sha256"].as_str(), Some(receipt.sha256.as_str()));
+    assert_eq!(manifest["rows"].to_string(), "32");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&receipt.location).unwrap()).read_to_string(&mut text).unwrap();
+    let mut archived_ids: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"].as_str().unwrap().to_string())
+        .collect();
+    archived_ids.sort();
+    let mut original_ids: Vec<String> = originals.iter().map(|o| o.3.clone()).collect();
+    original_ids.sort();
+    assert_eq!(archived_ids, original_ids);
+
+    // Leaf hashes are kept.
+    let mut kept: Vec<(Option<String>, i64, Vec<u8>, String)> = c
+        .query("SELECT organization_id::text, seq, leaf_hash, partition_name FROM audit_log_pruned_leaves", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept.iter().map(|k| (k.0.clone(), k.1, k.2.clone())).collect::<Vec<_>>(),
+        originals.iter().map(|o| (o.0.clone(), o.1, o.2.clone())).collect::<Vec<_>>()
+    );
+
+    // The run is on record, and the record is append-only.
+    let rows = c
+        .query(
+            "SELECT action::text, row_count, archive_sha256, recorded_by FROM audit_retention_log \
+             WHERE partition_name = $1 ORDER BY id",
+            &[&fx.old.table_name()],
+        )
+        .await
+        .unwrap();
+    let log: Vec<(String, Option<i64>, Option<String>, String)> =
+        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].0, "detaching");
+    assert_eq!(log[1], ("dropped".to_string(), Some(32), Some(receipt.sha256.clone()), "retention-test".into()));
+    let err = c.batch_execute("UPDATE audit_retention_log SET detail = 'x'").await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "42501");
+    let err = c.batch_execute("DELETE FROM audit_log_pruned_leaves").await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "42501");
+
+    // Nothing else is expired now.
+    let again = mgr.retention(false).await.unwrap();
+    assert!(again.items.is_empty(), "{again:?}");
+}
+
+#[tokio::test]
+async fn a_legal_hold_prevents_the_drop_until_released() {
+    let (fx, mgr) = retention_fixture().await;
+    let c = fx.db.client().await;
+    let hold = mgr.place_legal_hold(&HoldTarget::Organization("acme".into()), "case 42", "counsel").await.unwrap();
+    let other_hold =
+        mgr.place_legal_hold(&HoldTarget::Classification(DataClassification::Financial), "audit", "cfo").await.unwrap();
+    let plan = mgr.retention(true).await.unwrap();
+    assert_eq!(plan.items.len(), 1);
+    assert_eq!(plan.items[0].action, RetentionAction::Held);
+    assert_eq!(plan.items[0].holds, vec![hold], "the FINANCIAL hold matches no row there");
+
+    let report = mgr.retention(false).await.unwrap();
+    assert_eq!(report.items[0].action, RetentionAction::Held);
+    assert!(top_level(&c).await.contains_key(&fx.old.table_name()));
+    let analysis = mgr.analyze().await.unwrap();
+    assert_eq!(analysis.held, vec![(fx.old.table_name(), vec![hold])]);
+    let held_logged: i64 =
+        c.query_one("SELECT count(*) FROM audit_retention_log WHERE action = 'held'", &[]).await.unwrap().get(0);
+    assert_eq!(held_logged, 1);
+    assert!(archive_files(fx.archive.path()).is_empty());
+
+    assert!(mgr.release_legal_hold(hold, "counsel").await.unwrap());
+    assert!(!mgr.release_legal_hold(hold, "counsel").await.unwrap());
+    assert_eq!(mgr.legal_holds(false).await.unwrap().iter().map(|h| h.id).collect::<Vec<_>>(), vec![other_hold]);
+    let report = mgr.retention(false).await.unwrap();
+    assert_eq!(report.items[0].action, RetentionAction::Dropped);
+    assert!(!top_level(&c).await.contains_key(&fx.old.table_name()));
+}
+
+#[tokio::test]
+async fn readers_are_not_blocked_while_a_partition_is_dropped() {
+    let (fx, mgr) = retention_fixture().await;
+    let mgr = Arc::new(mgr);
+    // A long reader that has touched the expiring partition.
+    let mut long = fx.db.client().await;
+    let tx = long.transaction().await.unwrap();
+    let n: i64 = tx.query_one("SELECT count(*) FROM audit_log", &[]).await.unwrap().get(0);
+    assert_eq!(n, 38);
+
+    let m = mgr.clone();
+    let run = tokio::spawn(async move { m.retention(false).await });
+    // New readers while retention works: each must finish within the configured lock_timeout.
+    let reader = fx.db.client().await;
+    reader.batch_execute(&format!("SET lock_timeout = '{}ms'", mgr.config().lock_timeout)).await.unwrap();
+    let mut reads = 0;
+    while !run.is_finished() && reads < 200 {
+        let res = reader.query_one("SELECT count(*) FROM audit_log WHERE organization_id = 'acme'", &[]).await;
+        res.expect("a reader is never blocked beyond lock_timeout");
+        reads += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reads > 0);
+    tx.commit().await.unwrap();
+    let first = run.await.unwrap().unwrap();
+    let c = fx.db.client().await;
+    if top_level(&c).await.contains_key(&fx.old.table_name()) || first.items[0].action != RetentionAction::Dropped {
+        // The long reader outlasted the bounded retries: the next run finishes (detach finalize / resume).
+        let second = mgr.retention(false).await.unwrap();
+        assert!(
+            second.items.iter().any(|i| i.partition == fx.old.table_name() && i.action == RetentionAction::Dropped),
+            "{first:?}\n{second:?}"
+        );
+    }
+    let exists: bool = c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&fx.old.table_name()]).await.unwrap().get(0);
+    assert!(!exists);
+    let n: i64 = c.query_one("SELECT count(*) FROM audit_log_pruned_leaves", &[]).await.unwrap().get(0);
+    assert_eq!(n, 32);
+}
+
+#[tokio::test]
+async fn maintenance_without_archive_only_plans_and_a_held_lock_makes_others_skip() {
+    let db = TestDb::new().await;
+    let mgr =
+        PartitionManager::connect(&db.url, config(PartitionStrategy::Range, PartitionInterval::Monthly)).await.unwrap();
+    let holder = db.client().await;
+    let got: bool = holder
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&audit_partition::MAINTENANCE_LOCK_KEY])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(got);
+    let skipped = mgr.maintain().await.unwrap();
+    assert!(!skipped.ran);
+    assert!(skipped.created.is_empty());
+    let err = mgr.retention(false).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::InvalidInput, "no archive configured: refused before locking");
+    holder.execute("SELECT pg_advisory_unlock($1)", &[&audit_partition::MAINTENANCE_LOCK_KEY]).await.unwrap();
+    let report = mgr.maintain().await.unwrap();
+    assert!(report.ran);
+    assert_eq!(report.created.len(), 4);
+    let retention = report.retention.unwrap();
+    assert!(retention.dry_run);
+    assert!(!retention.notes.is_empty());
+    assert!(report.analysis.unwrap().missing_future.is_empty());
+    let json = serde_json::to_value(mgr.status().await.unwrap()).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 4);
+    assert_eq!(json[0]["state"], "attached");
+}
+
+#[tokio::test]
+async fn an_interrupted_drop_is_finished_by_the_next_run() {
+    let (fx, mgr) = retention_fixture().await;
+    let c = fx.db.client().await;
+    let name = fx.old.table_name();
+    // What a run that died right after DETACH leaves behind: its intent record and a detached table.
+    c.execute(
+        "INSERT INTO audit_retention_log (run_id, action, partition_name, range_from, range_to, retention_days, \
+         row_count, recorded_by) VALUES (gen_random_uuid(), 'detaching', $1, $2, $3, 365, 32, 'crashed-run')",
+        &[&name, &fx.old.start(), &fx.old.end()],
+    )
+    .await
+    .unwrap();
+    c.batch_execute(&format!("ALTER TABLE audit_log DETACH PARTITION {name}")).await.unwrap();
+    let plan = mgr.retention(true).await.unwrap();
+    assert!(plan.items.is_empty(), "a detached table is not a partition any more: {plan:?}");
+
+    let report = mgr.retention(false).await.unwrap();
+    assert_eq!(report.items.len(), 1, "{report:?}");
+    let item = &report.items[0];
+    assert_eq!((item.partition.as_str(), item.action, item.rows), (name.as_str(), RetentionAction::Dropped, 32));
+    assert!(item.detail.as_deref().unwrap().starts_with("resumed from run"));
+    let exists: bool = c.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name]).await.unwrap().get(0);
+    assert!(!exists);
+    let n: i64 = c.query_one("SELECT count(*) FROM audit_log_pruned_leaves", &[]).await.unwrap().get(0);
+    assert_eq!(n, 32);
+    assert_eq!(archive_files(fx.archive.path()).len(), 2, "data file and manifest");
+}
+
+#[tokio::test]
+async fn background_maintenance_creates_the_premade_partitions() {
+    let db = TestDb::new().await;
+    let cfg = PartitionConfig { premake: 2, ..config(PartitionStrategy::Range, PartitionInterval::Yearly) };
+    let mgr = Arc::new(PartitionManager::connect(&db.url, cfg).await.unwrap());
+    let handle = mgr.clone().spawn_maintenance(Duration::from_millis(50));
+    let c = db.client().await;
+    let mut parts = BTreeMap::new();
+    for _ in 0..200 {
+        parts = top_level(&c).await;
+        if parts.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.abort();
+    let cur = Period::of(PartitionInterval::Yearly, Utc::now());
+    let expected: Vec<String> = (0..=2).map(|i| cur.offset(i).table_name()).collect();
+    assert_eq!(parts.keys().cloned().collect::<Vec<_>>(), expected);
+}
