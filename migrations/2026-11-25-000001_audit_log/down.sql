@@ -1,3 +1,4 @@
+DROP TABLE IF EXISTS audit_verifications;
 DROP TABLE IF EXISTS audit_checkpoints;
 DROP TABLE IF EXISTS audit_log_heads;
 DROP TABLE IF EXISTS audit_log;

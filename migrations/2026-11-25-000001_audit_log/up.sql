@@ -101,3 +101,15 @@ CREATE TRIGGER audit_checkpoints_no_update_delete_stmt
 CREATE TRIGGER audit_checkpoints_no_truncate
     BEFORE TRUNCATE ON audit_checkpoints
     FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse_change();
+
+-- Where `audit-db verify --incremental` can start: the last checkpoint of each log that a full check found clean.
+-- Advisory state, not evidence (an attacker who edits it only makes the next verify check more, never less: the
+-- starting point is re-checked against the signed checkpoint it names).
+CREATE TABLE audit_verifications (
+    id          bigserial    PRIMARY KEY,
+    log_id      varchar(255) NOT NULL,
+    tree_size   bigint       NOT NULL,
+    root_hash   bytea        NOT NULL,
+    verified_at timestamptz  NOT NULL DEFAULT now()
+);
+CREATE INDEX audit_verifications_log_idx ON audit_verifications (log_id, tree_size);

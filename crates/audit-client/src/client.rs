@@ -107,6 +107,9 @@ struct ClientStats {
     query_micros: AtomicU64,
 }
 
+/// Row ids an earlier attempt of the same batch assigned (see `writer::write_batch`).
+type Earlier = Arc<tokio::sync::Mutex<HashMap<(Uuid, i64), i64>>>;
+
 type ReadPool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 type WritePool = bb8::Pool<PgClientManager>;
 
@@ -343,15 +346,21 @@ where
         let scope = QueryScope { organization_id: filter.organization_id.clone(), from_micros, to_micros };
         let key = filter.canonical_key();
         let inner = &self.inner;
+        let shared = Arc::new(filter.clone());
+        let loader = inner.clone();
         let result = inner
             .cache
-            .get_or_load(&scope, &key, || async move {
-                inner
+            .get_or_load(&scope, &key, move || async move {
+                let reads = loader.clone();
+                loader
                     .policy
-                    .execute(|| async move {
-                        let mut conn =
-                            inner.read_pool.get().await.map_err(|e| read_pool_error(e, inner.acquire_timeout))?;
-                        reader::query(&mut conn, filter).await
+                    .execute(move || {
+                        let (inner, filter) = (reads.clone(), shared.clone());
+                        async move {
+                            let mut conn =
+                                inner.read_pool.get().await.map_err(|e| read_pool_error(e, inner.acquire_timeout))?;
+                            reader::query(&mut conn, &filter).await
+                        }
                     })
                     .await
             })
@@ -368,7 +377,7 @@ where
                     tracing::warn!(elapsed_ms = elapsed.as_millis() as u64, filter = %key, "slow query");
                 }
                 tracing::info!(
-                    cache = tier.as_str(),
+                    cache = %tier.as_str(),
                     rows = page.events.len(),
                     elapsed_us = elapsed.as_micros() as u64,
                     "query answered"
@@ -384,25 +393,33 @@ where
 
     /// How many events match `filter` (uncached; paging fields are ignored).
     pub async fn count(&self, filter: &EventFilter) -> AuditResult<i64> {
-        let inner = &self.inner;
-        let filter = &filter.normalized();
-        inner
+        let shared = Arc::new(filter.normalized());
+        let reads = self.inner.clone();
+        self.inner
             .policy
-            .execute(|| async move {
-                let mut conn = inner.read_pool.get().await.map_err(|e| read_pool_error(e, inner.acquire_timeout))?;
-                reader::count(&mut conn, filter).await
+            .execute(move || {
+                let (inner, filter) = (reads.clone(), shared.clone());
+                async move {
+                    let mut conn =
+                        inner.read_pool.get().await.map_err(|e| read_pool_error(e, inner.acquire_timeout))?;
+                    reader::count(&mut conn, &filter).await
+                }
             })
             .await
     }
 
     /// The event with this id, if stored.
     pub async fn get(&self, event_id: Uuid) -> AuditResult<Option<StoredEvent>> {
-        let inner = &self.inner;
-        inner
+        let reads = self.inner.clone();
+        self.inner
             .policy
-            .execute(|| async move {
-                let mut conn = inner.read_pool.get().await.map_err(|e| read_pool_error(e, inner.acquire_timeout))?;
-                reader::get(&mut conn, event_id).await
+            .execute(move || {
+                let inner = reads.clone();
+                async move {
+                    let mut conn =
+                        inner.read_pool.get().await.map_err(|e| read_pool_error(e, inner.acquire_timeout))?;
+                    reader::get(&mut conn, event_id).await
+                }
             })
             .await
     }
@@ -527,17 +544,19 @@ where
     }
 
     /// Stores a batch: partitions, one transaction under the resilience policy, cache invalidation, counters.
-    async fn store(&self, events: Vec<PreparedEvent>) -> AuditResult<Vec<WriteOutcome>> {
+    async fn store(self: &Arc<Self>, events: Vec<PreparedEvent>) -> AuditResult<Vec<WriteOutcome>> {
         self.ensure_partitions(&events, false).await?;
-        let earlier = tokio::sync::Mutex::new(HashMap::new());
-        let mut attempt = self.store_once(&events, &earlier).await;
+        let events = Arc::new(events);
+        let earlier = Arc::new(tokio::sync::Mutex::new(HashMap::new()));
+        let mut attempt = self.store_patiently(&events, &earlier).await;
         if let Err(e) = &attempt
             && e.sqlstate.as_deref() == Some("23514")
             && e.message.contains("no partition")
         {
             // A partition we believed in is gone (dropped by retention or by hand): re-check all and retry.
+            self.partitions.forget_known();
             self.ensure_partitions(&events, true).await?;
-            attempt = self.store_once(&events, &earlier).await;
+            attempt = self.store_patiently(&events, &earlier).await;
         }
         let outcomes = attempt?;
         self.stats.write_transactions.fetch_add(1, Ordering::Relaxed);
@@ -569,16 +588,60 @@ where
         Ok(outcomes)
     }
 
-    async fn store_once(
-        &self,
-        events: &[PreparedEvent],
-        earlier: &tokio::sync::Mutex<HashMap<(Uuid, i64), i64>>,
+    /// Retries a batch while the database is unavailable, up to `ingest.outagePatienceMs`, logging the pause and
+    /// the recovery. Safe because `earlier` remembers what an ambiguous attempt may have committed.
+    async fn store_patiently(
+        self: &Arc<Self>,
+        events: &Arc<Vec<PreparedEvent>>,
+        earlier: &Earlier,
     ) -> AuditResult<Vec<WriteOutcome>> {
+        let patience = Duration::from_millis(self.config.ingest.outage_patience_ms);
+        let started = Instant::now();
+        let mut last_log: Option<Instant> = None;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.store_once(events, earlier).await {
+                Err(e) if e.class == audit_core::ErrorClass::Unavailable && started.elapsed() < patience => {
+                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                        tracing::warn!(
+                            events = events.len(),
+                            waited_s = started.elapsed().as_secs(),
+                            "database unavailable; holding the batch and retrying: {}",
+                            e.message
+                        );
+                        last_log = Some(Instant::now());
+                    }
+                    metrics::counter!("audit_db_write_waits_total").increment(1);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                other => {
+                    if last_log.is_some() && other.is_ok() {
+                        tracing::info!(
+                            waited_s = format!("{:.1}", started.elapsed().as_secs_f64()),
+                            "database available again; batch stored"
+                        );
+                    }
+                    return other;
+                }
+            }
+        }
+    }
+
+    async fn store_once(
+        self: &Arc<Self>,
+        events: &Arc<Vec<PreparedEvent>>,
+        earlier: &Earlier,
+    ) -> AuditResult<Vec<WriteOutcome>> {
+        let (me, events, earlier) = (self.clone(), events.clone(), earlier.clone());
         self.policy
-            .execute(|| async move {
-                let mut conn = self.write_pool.get().await.map_err(|e| pool_error(e, self.acquire_timeout))?;
-                let mut earlier = earlier.lock().await;
-                write_isolating(&mut conn, events, &mut earlier).await
+            .execute(move || {
+                let (inner, events, earlier) = (me.clone(), events.clone(), earlier.clone());
+                async move {
+                    let mut conn = inner.write_pool.get().await.map_err(|e| pool_error(e, inner.acquire_timeout))?;
+                    let mut earlier = earlier.lock().await;
+                    write_isolating(&mut conn, &events, &mut earlier).await
+                }
             })
             .await
     }
@@ -617,15 +680,18 @@ where
         let prepared: Vec<PreparedEvent> =
             self.events.into_iter().map(|e| PreparedEvent::new(e, ingested_at)).collect();
         inner.ensure_partitions(&prepared, false).await?;
-        let earlier = tokio::sync::Mutex::new(HashMap::new());
-        let prepared_ref = &prepared;
-        let earlier_ref = &earlier;
+        let prepared = Arc::new(prepared);
+        let earlier: Earlier = Arc::new(tokio::sync::Mutex::new(HashMap::new()));
+        let (me, events) = (inner.clone(), prepared.clone());
         let outcomes = inner
             .policy
-            .execute(|| async move {
-                let mut conn = inner.write_pool.get().await.map_err(|e| pool_error(e, inner.acquire_timeout))?;
-                let mut earlier = earlier_ref.lock().await;
-                write_batch(&mut conn, prepared_ref, &mut earlier).await.map(|w| w.outcomes)
+            .execute(move || {
+                let (inner, events, earlier) = (me.clone(), events.clone(), earlier.clone());
+                async move {
+                    let mut conn = inner.write_pool.get().await.map_err(|e| pool_error(e, inner.acquire_timeout))?;
+                    let mut earlier = earlier.lock().await;
+                    write_batch(&mut conn, &events, &mut earlier).await.map(|w| w.outcomes)
+                }
             })
             .await?;
         inner.stats.write_transactions.fetch_add(1, Ordering::Relaxed);

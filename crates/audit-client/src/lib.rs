@@ -7,7 +7,7 @@
 mod batcher;
 mod client;
 pub mod embedded;
-mod leaf_tmp;
+pub mod integrity;
 mod migrate;
 pub mod pg;
 mod reader;

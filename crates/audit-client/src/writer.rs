@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::leaf_tmp::LeafPrefix;
+use audit_core::integrity::LeafPrefix;
 use audit_core::{AuditError, ErrorClass, NewEvent};
 use chrono::{DateTime, Utc};
 use futures::pin_mut;

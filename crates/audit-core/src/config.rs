@@ -237,6 +237,9 @@ pub struct IngestConfig {
     pub max_future_skew_secs: i64,
     /// Largest `details`, bytes.
     pub max_details_bytes: usize,
+    /// How long a batch waits for an unavailable database (breaker open, connection refused) before its callers get
+    /// the error, ms. Events wait in memory meanwhile (bounded by `queueCapacity`); nothing acknowledged is lost.
+    pub outage_patience_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -247,6 +250,7 @@ impl Default for IngestConfig {
             queue_capacity: 100_000,
             max_future_skew_secs: 3_600,
             max_details_bytes: 64 * 1024,
+            outage_patience_ms: 30_000,
         }
     }
 }

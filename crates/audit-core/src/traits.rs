@@ -15,6 +15,10 @@ pub trait PartitionProvisioner: Send + Sync + 'static {
     /// Makes sure a partition exists for the period of every timestamp given (duplicates are fine; the caller
     /// passes one timestamp per distinct period it has not seen before).
     fn ensure_covering(&self, timestamps: &[DateTime<Utc>]) -> impl Future<Output = AuditResult<()>> + Send;
+
+    /// Forgets what the provisioner believes exists, so the next `ensure_covering` reads the catalog again. The
+    /// write path calls it when the database says a partition it believed in is gone (another process dropped it).
+    fn forget_known(&self) {}
 }
 
 /// Wraps an operation with failure handling (circuit breaker, bounded retry, deadline) without knowing what the

@@ -465,6 +465,10 @@ impl PartitionProvisioner for PartitionManager {
         }
         Ok(())
     }
+
+    fn forget_known(&self) {
+        self.known.write().expect("known-period lock poisoned").clear();
+    }
 }
 
 /// Runs a batch of statements in one transaction (rolled back on error).

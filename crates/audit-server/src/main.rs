@@ -1,1 +1,171 @@
-fn main() {}
+//! `audit-db`: the operator binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli_ingest;
+mod cli_integrity;
+mod cli_partitions;
+mod cli_query;
+mod demo;
+mod serve;
+
+use audit_server::app::{App, load_config};
+
+/// audit-db: a tamper-evident, partitioned PostgreSQL audit log.
+///
+/// With no DATABASE_URL, commands use an embedded private PostgreSQL cluster in `.audit-db/` (started or reused).
+#[derive(Debug, Parser)]
+#[command(name = "audit-db", version, about, long_about = None)]
+struct Cli {
+    /// Optional TOML configuration file (sections: database, partition, cache, circuitBreaker, monitoring, ingest,
+    /// integrity); environment variables override it.
+    #[arg(long, global = true, env = "AUDIT_DB_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply pending schema migrations and create the current and upcoming partitions (idempotent).
+    Migrate {
+        /// Revert the most recent migration instead.
+        #[arg(long)]
+        down: bool,
+    },
+    /// Store events from an NDJSON file (or `-` for stdin), one event per line in the seed's field names.
+    ///
+    /// Prints `{"accepted":N,"rejected":M,"duplicates":D}` on stdout and `line N: <reason>` on stderr for each
+    /// rejected line. Exit 0 when every line was stored or a duplicate, 2 when some were rejected (the valid ones are
+    /// stored), 1 on a fatal error.
+    Ingest(cli_ingest::IngestArgs),
+    /// Query stored events (newest first); prints `next_cursor=TOKEN` on stderr when more rows match.
+    Query(cli_query::QueryArgs),
+    /// Print the health report as JSON (exit 1 when unhealthy).
+    Health,
+    /// The newcomer's tour: generate realistic events, ingest them, run the seed's example queries, print health.
+    Demo(demo::DemoArgs),
+    /// Run the HTTP service (POST/GET /v1/events, /health, /ready, /metrics).
+    Serve(serve::ServeArgs),
+    #[command(flatten)]
+    Integrity(cli_integrity::IntegrityCommand),
+    /// Partition maintenance: status, analyze, maintain, create, drop-expired, legal holds.
+    Partitions {
+        #[command(subcommand)]
+        command: cli_partitions::PartitionsCommand,
+    },
+    /// Manage the embedded private PostgreSQL cluster.
+    Embedded {
+        #[command(subcommand)]
+        action: EmbeddedAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EmbeddedAction {
+    /// Show where the embedded cluster lives and whether it runs.
+    Status,
+    /// Stop the embedded cluster.
+    Stop,
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load_config(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    init_tracing(&config.monitoring.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(command: Command, config: audit_core::config::AuditConfig) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Migrate { down } => {
+            let app = App::open(config).await?;
+            if down {
+                match audit_client::revert_last(&app.url).await? {
+                    Some(v) => println!("{}", serde_json::json!({"reverted": v})),
+                    None => println!("{}", serde_json::json!({"reverted": null})),
+                }
+            } else {
+                let applied = app.migrate().await?;
+                println!("{}", serde_json::json!({"applied": applied}));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ingest(args) => {
+            // An ingest waits out a database restart (up to 10 minutes) instead of failing.
+            let mut config = config;
+            config.ingest.outage_patience_ms = config.ingest.outage_patience_ms.max(600_000);
+            cli_ingest::run(App::open(config).await?, args).await
+        }
+        Command::Query(args) => cli_query::run(App::open(config).await?, args).await,
+        Command::Health => {
+            let app = App::open(config).await?;
+            let client = app.client().await?;
+            let report = client.health().await;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if report.overall == audit_core::HealthState::Unhealthy { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Command::Integrity(cmd) => cli_integrity::run(config, cmd).await,
+        Command::Partitions { command } => cli_partitions::run(App::open(config).await?, command).await,
+        Command::Demo(args) => demo::run(App::open(config).await?, args).await,
+        Command::Serve(args) => serve::run(App::open(config).await?, args).await,
+        Command::Embedded { action } => {
+            let dir = config.database.data_dir.clone();
+            match action {
+                EmbeddedAction::Status => {
+                    let exists = dir.join("PG_VERSION").exists();
+                    let running = dir.join("postmaster.pid").exists();
+                    println!("{}", serde_json::json!({"data_dir": dir, "initialized": exists, "running": running}));
+                }
+                EmbeddedAction::Stop => {
+                    if dir.join("PG_VERSION").exists() {
+                        let (_, cluster) = audit_server::app::resolve_database(&audit_core::config::AuditConfig {
+                            database: audit_core::config::DatabaseConfig { url: None, ..config.database.clone() },
+                            ..config
+                        })
+                        .await?;
+                        if let Some(c) = cluster {
+                            c.stop().await?;
+                        }
+                    }
+                    println!("{}", serde_json::json!({"data_dir": dir, "running": false}));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

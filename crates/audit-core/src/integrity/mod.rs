@@ -1,1 +1,52 @@
-//! Integrity primitives (canonical form, RFC 6962 Merkle trees, signed checkpoints).
+//! Integrity primitives: the canonical form of a stored event, RFC 6962 Merkle trees, signed checkpoints, the pure
+//! core of `audit-db verify`, and evidence packs. Everything here is deterministic and does no I/O; the byte-level
+//! specification is `docs/integrity.md`.
+
+pub mod canonical;
+pub mod checkpoint;
+pub mod merkle;
+pub mod pack;
+pub mod verify;
+
+pub use canonical::{DOMAIN, LeafPrefix, canonical_bytes, canonical_json, leaf_hash};
+pub use checkpoint::{Checkpoint, NoteSigner, NoteVerifier, SigningKeyFile, origin_for};
+pub use merkle::{
+    CompactRange, EMPTY_ROOT, Hash, MerkleTree, consistency_proof, hash_children, hash_leaf, inclusion_proof, root,
+    subtree_root, verify_consistency, verify_inclusion,
+};
+pub use pack::{
+    PackFileEntry, PackManifest, PackReport, ProofEntry, ProofsFile, build_pack, event_from_json, verify_pack,
+};
+pub use verify::{Finding, FindingKind, RowView, TILE_SIZE, TrustedCheckpoint, verify_incremental, verify_log};
+
+/// Why an integrity artefact (key, note, frontier, proof, pack, event JSON) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntegrityError {
+    /// A key text (private or public) does not follow the note key format.
+    #[error("malformed key: {0}")]
+    MalformedKey(String),
+    /// A signed note or checkpoint body does not follow the format.
+    #[error("malformed note: {0}")]
+    MalformedNote(String),
+    /// A signature is present but does not verify, or no signature by the expected key is present.
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    /// A stored compact range (`frontier`) cannot be parsed.
+    #[error("malformed frontier: {0}")]
+    MalformedFrontier(String),
+    /// An event's JSON form cannot be turned back into a stored event.
+    #[error("malformed event: {0}")]
+    MalformedEvent(String),
+    /// Evidence does not match what was signed (hash, proof, organisation).
+    #[error("integrity violation: {0}")]
+    Mismatch(String),
+}
+
+impl From<IntegrityError> for crate::AuditError {
+    fn from(e: IntegrityError) -> Self {
+        match e {
+            IntegrityError::MalformedKey(_) => crate::AuditError::invalid(e.to_string()),
+            _ => crate::AuditError::integrity(e.to_string()),
+        }
+    }
+}

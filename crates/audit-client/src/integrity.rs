@@ -1,0 +1,644 @@
+//! The database side of tamper evidence: sealing each organisation's log in a signed checkpoint, verifying stored
+//! rows against the signed roots, inclusion and consistency proofs, and evidence packs. The hashing, proof and
+//! verification logic itself is pure and lives in `audit_core::integrity` (specified in `docs/integrity.md`).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use audit_core::event::{DataClassification, NewEvent, Status, StoredEvent};
+use audit_core::integrity::{
+    Checkpoint, CompactRange, Finding, Hash, MerkleTree, NoteSigner, NoteVerifier, ProofsFile, RowView,
+    TrustedCheckpoint, build_pack, leaf_hash, origin_for, verify_incremental,
+};
+use audit_core::{AuditError, AuditResult};
+use chrono::{DateTime, Utc};
+use futures::{TryStreamExt, pin_mut};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::pg::{connect, pg_error};
+
+/// Columns read for a full event, in the order [`row_to_event`] expects.
+const EVENT_COLUMNS: &str = "id, event_id, \"timestamp\", ingested_at, action, status, principal_id, organization_id, \
+    target_resource_type, target_resource_id, outcome_description, correlation_id, data_classification, \
+    retention_policy, event_version, ttl, processing_latency, details, seq, leaf_hash";
+
+/// `organization_id = $1`, or `IS NULL` for the shared log (`IS NOT DISTINCT FROM` cannot use an index).
+fn log_predicate(log_id: &str) -> &'static str {
+    if log_id.is_empty() { "organization_id IS NULL" } else { "organization_id = $1" }
+}
+
+type Param<'a> = &'a (dyn postgres_types::ToSql + Sync);
+
+/// Parameters for a `log_predicate` query followed by a `[from, to)` seq range.
+fn log_range_params<'a>(log_id: &'a String, from: &'a i64, to: &'a i64) -> Vec<Param<'a>> {
+    let mut p: Vec<Param<'a>> = Vec::with_capacity(3);
+    if !log_id.is_empty() {
+        p.push(log_id);
+    }
+    p.push(from);
+    p.push(to);
+    p
+}
+
+fn row_to_event(r: &tokio_postgres::Row) -> AuditResult<StoredEvent> {
+    let event_id: Uuid = r.get(1);
+    let bad = |what: &str| AuditError::integrity(format!("stored event {event_id} has {what}"));
+    let details = match r.get::<_, postgres_types::Json<serde_json::Value>>(17).0 {
+        serde_json::Value::Object(m) => m,
+        _ => return Err(bad("details that are not an object")),
+    };
+    let leaf: Vec<u8> = r.get(19);
+    Ok(StoredEvent {
+        id: r.get(0),
+        ingested_at: r.get(3),
+        seq: r.get(18),
+        leaf_hash: leaf.as_slice().try_into().map_err(|_| bad("a leaf hash of wrong length"))?,
+        event: NewEvent {
+            event_id,
+            event_id_supplied: true,
+            timestamp: r.get(2),
+            action: r.get(4),
+            status: Status::parse(r.get(5)).ok_or_else(|| bad("an unknown status"))?,
+            principal_id: r.get(6),
+            organization_id: r.get(7),
+            target_resource_type: r.get(8),
+            target_resource_id: r.get(9),
+            outcome_description: r.get(10),
+            correlation_id: r.get(11),
+            data_classification: DataClassification::parse(r.get(12))
+                .ok_or_else(|| bad("an unknown classification"))?,
+            retention_policy: r.get(13),
+            event_version: r.get(14),
+            ttl: r.get(15),
+            processing_latency: r.get(16),
+            details,
+        },
+    })
+}
+
+/// One stored checkpoint row.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointRecord {
+    /// Row id.
+    pub id: i64,
+    /// The log (`""`: shared).
+    pub log_id: String,
+    /// Signed size.
+    pub tree_size: i64,
+    /// Signed root (hex).
+    #[serde(serialize_with = "hex_hash")]
+    pub root_hash: Hash,
+    /// When sealed.
+    pub created_at: DateTime<Utc>,
+    /// Key id (hex key hash).
+    pub key_id: String,
+    /// The signed note text.
+    pub note: String,
+    /// Compact range at `tree_size` (not signed; re-checked).
+    #[serde(skip)]
+    pub frontier: Vec<u8>,
+}
+
+fn hex_hash<S: serde::Serializer>(h: &Hash, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(h))
+}
+
+/// Result of sealing one log.
+#[derive(Debug, Clone, Serialize)]
+pub struct SealOutcome {
+    /// The log.
+    pub log_id: String,
+    /// Size sealed now (or the existing checkpoint's when nothing was new).
+    pub tree_size: i64,
+    /// Root (hex).
+    pub root_hash: String,
+    /// Whether a new checkpoint was written.
+    pub new_checkpoint: bool,
+}
+
+/// Result of `verify`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    /// Every finding, in log order.
+    pub findings: Vec<Finding>,
+    /// Logs checked.
+    pub logs: usize,
+    /// Leaves recomputed.
+    pub leaves: u64,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// JSON form of an inclusion proof (`audit-db proof`).
+#[derive(Debug, Clone, Serialize)]
+pub struct InclusionProofJson {
+    /// The event.
+    pub event_id: Uuid,
+    /// Its organisation (absent: shared log).
+    pub organization_id: Option<String>,
+    /// Its position.
+    pub seq: i64,
+    /// Its leaf hash (hex).
+    pub leaf_hash: String,
+    /// Size of the checkpoint the proof is against.
+    pub tree_size: i64,
+    /// That checkpoint's root (hex).
+    pub root_hash: String,
+    /// Audit path, bottom-up (hex), RFC 9162 §2.1.3.
+    pub proof: Vec<String>,
+    /// The signed checkpoint note.
+    pub checkpoint: String,
+}
+
+/// JSON form of a consistency proof.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsistencyProofJson {
+    /// The log.
+    pub log_id: String,
+    /// Older size and root.
+    pub old_size: i64,
+    /// Older root (hex).
+    pub old_root: String,
+    /// Newer size.
+    pub new_size: i64,
+    /// Newer root (hex).
+    pub new_root: String,
+    /// Proof hashes (hex), RFC 9162 §2.1.4.
+    pub proof: Vec<String>,
+}
+
+/// Database access for tamper evidence over one connection.
+pub struct IntegrityStore {
+    client: tokio_postgres::Client,
+}
+
+impl std::fmt::Debug for IntegrityStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntegrityStore").finish_non_exhaustive()
+    }
+}
+
+impl IntegrityStore {
+    /// Connects to the primary.
+    pub async fn connect(url: &str) -> AuditResult<Self> {
+        Ok(Self { client: connect(url, Duration::from_secs(10), None).await? })
+    }
+
+    /// Every log with its head size (`org`: only that organisation's; `Some("")`: the shared log).
+    pub async fn logs(&self, org: Option<&str>) -> AuditResult<Vec<(String, i64)>> {
+        let rows = match org {
+            Some(o) => self.client.query("SELECT log_id, size FROM audit_log_heads WHERE log_id = $1", &[&o]).await,
+            None => self.client.query("SELECT log_id, size FROM audit_log_heads ORDER BY log_id", &[]).await,
+        }
+        .map_err(|e| pg_error(e, "reading log heads"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Calls `each` for every stored event of a log with `from <= seq < to`, in seq order, streaming.
+    async fn for_each_event(
+        &self,
+        log_id: &str,
+        from: i64,
+        to: i64,
+        mut each: impl FnMut(StoredEvent) -> AuditResult<()>,
+    ) -> AuditResult<()> {
+        let owned = log_id.to_string();
+        let params = log_range_params(&owned, &from, &to);
+        let n = params.len();
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM audit_log WHERE {} AND seq >= ${} AND seq < ${} ORDER BY seq",
+            log_predicate(log_id),
+            n - 1,
+            n
+        );
+        let rows = self.client.query_raw(&sql, params).await.map_err(|e| pg_error(e, "reading a log"))?;
+        pin_mut!(rows);
+        while let Some(r) = rows.try_next().await.map_err(|e| pg_error(e, "reading a log"))? {
+            each(row_to_event(&r)?)?;
+        }
+        Ok(())
+    }
+
+    /// Leaf hashes kept for rows that retention dropped (`seq → leaf`).
+    async fn pruned_leaves(&self, log_id: &str, from: i64, to: i64) -> AuditResult<BTreeMap<i64, Hash>> {
+        let owned = log_id.to_string();
+        let params = log_range_params(&owned, &from, &to);
+        let n = params.len();
+        let sql = format!(
+            "SELECT seq, leaf_hash FROM audit_log_pruned_leaves WHERE {} AND seq >= ${} AND seq < ${} ORDER BY seq",
+            log_predicate(log_id),
+            n - 1,
+            n
+        );
+        let rows = match self.client.query(&sql, &params).await {
+            Ok(r) => r,
+            // Without the partition manager's migration there is nothing pruned.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(pg_error(e, "reading pruned leaves")),
+        };
+        let mut out = BTreeMap::new();
+        for r in rows {
+            let leaf: Vec<u8> = r.get(1);
+            if let Ok(h) = leaf.as_slice().try_into() {
+                out.insert(r.get::<_, i64>(0), h);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Row views of `[from, to)`: stored rows with recomputed leaves, plus pruned positions (content archived, so
+    /// their stored leaf stands for both).
+    async fn row_views(&self, log_id: &str, from: i64, to: i64, progress: &dyn Fn(u64)) -> AuditResult<Vec<RowView>> {
+        let mut views = Vec::new();
+        let mut n = 0u64;
+        self.for_each_event(log_id, from, to, |e| {
+            views.push(RowView {
+                seq: e.seq,
+                event_id: e.event.event_id,
+                recomputed_leaf: leaf_hash(&e),
+                stored_leaf: e.leaf_hash,
+            });
+            n += 1;
+            if n.is_multiple_of(65_536) {
+                progress(65_536);
+            }
+            Ok(())
+        })
+        .await?;
+        progress(n % 65_536);
+        for (seq, leaf) in self.pruned_leaves(log_id, from, to).await? {
+            views.push(RowView { seq, event_id: Uuid::nil(), recomputed_leaf: leaf, stored_leaf: leaf });
+        }
+        views.sort_by_key(|v| v.seq);
+        Ok(views)
+    }
+
+    /// Stored leaf hashes `[0, size)` in order, failing if a position is missing or doubled.
+    async fn leaves(&self, log_id: &str, size: i64) -> AuditResult<Vec<Hash>> {
+        let views = self.row_views(log_id, 0, size, &|_| {}).await?;
+        let mut leaves = Vec::with_capacity(size as usize);
+        for (i, v) in views.iter().enumerate() {
+            if v.seq != i as i64 {
+                return Err(AuditError::integrity(format!(
+                    "log `{log_id}` has no single row at position {i}; run `audit-db verify`"
+                )));
+            }
+            leaves.push(v.stored_leaf);
+        }
+        if leaves.len() as i64 != size {
+            return Err(AuditError::integrity(format!("log `{log_id}` has {} of {size} positions", leaves.len())));
+        }
+        Ok(leaves)
+    }
+
+    /// Every checkpoint of a log, oldest first.
+    pub async fn checkpoints(&self, log_id: &str) -> AuditResult<Vec<CheckpointRecord>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT id, log_id, tree_size, root_hash, created_at, key_id, note, frontier FROM audit_checkpoints \
+                 WHERE log_id = $1 ORDER BY tree_size, id",
+                &[&log_id],
+            )
+            .await
+            .map_err(|e| pg_error(e, "reading checkpoints"))?;
+        rows.iter()
+            .map(|r| {
+                let root: Vec<u8> = r.get(3);
+                Ok(CheckpointRecord {
+                    id: r.get(0),
+                    log_id: r.get(1),
+                    tree_size: r.get(2),
+                    root_hash: root
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| AuditError::integrity("a checkpoint root has the wrong length"))?,
+                    created_at: r.get(4),
+                    key_id: r.get(5),
+                    note: r.get(6),
+                    frontier: r.get(7),
+                })
+            })
+            .collect()
+    }
+
+    /// Seals every log (or one organisation's) that grew since its last checkpoint: checks the new rows (contiguous
+    /// positions, leaf hashes that match their content), extends the stored compact range, signs the new root.
+    /// Refuses to sign a log whose new rows do not check out — signing them would bless tampering.
+    pub async fn checkpoint(
+        &self,
+        signer: &NoteSigner,
+        org: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> AuditResult<Vec<SealOutcome>> {
+        let mut out = Vec::new();
+        for (log_id, size) in self.logs(org).await? {
+            let previous = self.checkpoints(&log_id).await?.into_iter().rev().find(|c| c.key_id == signer.key_id());
+            let (mut range, from) = match &previous {
+                Some(c) => {
+                    let r = CompactRange::from_bytes(&c.frontier)?;
+                    if r.root() != c.root_hash || r.size() as i64 != c.tree_size {
+                        return Err(AuditError::integrity(format!(
+                            "log `{log_id}`: the stored frontier of checkpoint {} does not match its signed root; run \
+                             `audit-db verify`",
+                            c.id
+                        )));
+                    }
+                    (r, c.tree_size)
+                }
+                None => (CompactRange::new(), 0),
+            };
+            if from == size {
+                out.push(SealOutcome {
+                    log_id,
+                    tree_size: size,
+                    root_hash: hex::encode(range.root()),
+                    new_checkpoint: false,
+                });
+                continue;
+            }
+            let views = self.row_views(&log_id, from, size, &|_| {}).await?;
+            for (k, v) in views.iter().enumerate() {
+                let expected = from + k as i64;
+                if v.seq != expected {
+                    return Err(AuditError::integrity(format!(
+                        "log `{log_id}`: position {expected} is missing or doubled; refusing to sign (run `audit-db verify`)"
+                    )));
+                }
+                if v.recomputed_leaf != v.stored_leaf {
+                    return Err(AuditError::integrity(format!(
+                        "log `{log_id}`: event {} at position {expected} does not match its leaf hash; refusing to sign",
+                        v.event_id
+                    )));
+                }
+                range.append(v.stored_leaf);
+            }
+            if (views.len() as i64) != size - from {
+                return Err(AuditError::integrity(format!(
+                    "log `{log_id}`: expected {} new rows, found {}; refusing to sign",
+                    size - from,
+                    views.len()
+                )));
+            }
+            let root = range.root();
+            let cp = Checkpoint { origin: origin_for(&log_id), tree_size: size as u64, root_hash: root, time: now };
+            let note = signer.sign(&cp);
+            self.client
+                .execute(
+                    "INSERT INTO audit_checkpoints (log_id, tree_size, root_hash, created_at, key_id, signature, note, \
+                     frontier) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    &[
+                        &log_id,
+                        &size,
+                        &root.as_slice(),
+                        &now,
+                        &signer.key_id(),
+                        &note_signature(&note),
+                        &note,
+                        &range.to_bytes(),
+                    ],
+                )
+                .await
+                .map_err(|e| pg_error(e, "storing a checkpoint"))?;
+            metrics::counter!("audit_db_checkpoints_total").increment(1);
+            out.push(SealOutcome { log_id, tree_size: size, root_hash: hex::encode(root), new_checkpoint: true });
+        }
+        Ok(out)
+    }
+
+    /// The checkpoints of a log whose notes verify with `verifier` and agree with their row; the others become
+    /// `bad-signature` findings.
+    async fn trusted_checkpoints(
+        &self,
+        log_id: &str,
+        verifier: &NoteVerifier,
+        findings: &mut Vec<Finding>,
+    ) -> AuditResult<Vec<(CheckpointRecord, TrustedCheckpoint)>> {
+        let mut out = Vec::new();
+        for c in self.checkpoints(log_id).await? {
+            if c.key_id != verifier.key_id() {
+                continue; // sealed by another key: not ours to judge
+            }
+            match verifier.verify(&c.note) {
+                Ok(cp)
+                    if cp.tree_size as i64 == c.tree_size
+                        && cp.root_hash == c.root_hash
+                        && cp.origin == origin_for(log_id) =>
+                {
+                    let frontier = CompactRange::from_bytes(&c.frontier).ok();
+                    out.push((
+                        c.clone(),
+                        TrustedCheckpoint { tree_size: cp.tree_size, root_hash: cp.root_hash, frontier },
+                    ));
+                }
+                Ok(_) => findings.push(Finding::bad_signature(
+                    log_id,
+                    format!("checkpoint {} (size {}): its row does not match its signed note", c.id, c.tree_size),
+                )),
+                Err(e) => findings
+                    .push(Finding::bad_signature(log_id, format!("checkpoint {} (size {}): {e}", c.id, c.tree_size))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Recomputes leaves and roots and checks them against the signed checkpoints. `incremental`: start from the
+    /// last checkpoint a previous clean run verified (re-checked against its signature). `progress` is called with
+    /// the number of leaves just read.
+    pub async fn verify(
+        &self,
+        verifier: &NoteVerifier,
+        org: Option<&str>,
+        incremental: bool,
+        progress: &dyn Fn(u64),
+    ) -> AuditResult<VerifyReport> {
+        let started = Instant::now();
+        let mut report = VerifyReport::default();
+        for (log_id, head) in self.logs(org).await? {
+            report.logs += 1;
+            let mut findings = Vec::new();
+            let trusted = self.trusted_checkpoints(&log_id, verifier, &mut findings).await?;
+            let mut base = CompactRange::new();
+            if incremental
+                && let Some((size, root)) = self.last_verified(&log_id).await?
+                && let Some((_, t)) = trusted.iter().find(|(c, _)| c.tree_size == size && c.root_hash == root)
+                && let Some(f) = &t.frontier
+                && f.root() == t.root_hash
+                && f.size() == t.tree_size
+            {
+                base = f.clone();
+            }
+            let views = self.row_views(&log_id, base.size() as i64, i64::MAX, progress).await?;
+            report.leaves += views.len() as u64;
+            let checkpoints: Vec<TrustedCheckpoint> = trusted.iter().map(|(_, t)| t.clone()).collect();
+            findings.extend(verify_incremental(&log_id, &views, &base, &checkpoints, head as u64));
+            if findings.is_empty()
+                && let Some((c, _)) = trusted.last()
+            {
+                self.client
+                    .execute(
+                        "INSERT INTO audit_verifications (log_id, tree_size, root_hash) VALUES ($1, $2, $3)",
+                        &[&log_id, &c.tree_size, &c.root_hash.as_slice()],
+                    )
+                    .await
+                    .map_err(|e| pg_error(e, "recording a verification"))?;
+            }
+            report.findings.extend(findings);
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    async fn last_verified(&self, log_id: &str) -> AuditResult<Option<(i64, Hash)>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT tree_size, root_hash FROM audit_verifications WHERE log_id = $1 ORDER BY tree_size DESC, id DESC LIMIT 1",
+                &[&log_id],
+            )
+            .await
+            .map_err(|e| pg_error(e, "reading the last verification"))?;
+        Ok(row.and_then(|r| {
+            let root: Vec<u8> = r.get(1);
+            root.as_slice().try_into().ok().map(|h| (r.get(0), h))
+        }))
+    }
+
+    /// The latest checkpoint of a log that verifies with `verifier`.
+    async fn latest_trusted(&self, log_id: &str, verifier: &NoteVerifier) -> AuditResult<CheckpointRecord> {
+        let mut findings = Vec::new();
+        let trusted = self.trusted_checkpoints(log_id, verifier, &mut findings).await?;
+        trusted.into_iter().map(|(c, _)| c).next_back().ok_or_else(|| {
+            AuditError::invalid(format!(
+                "log `{log_id}` has no checkpoint signed by key {}; run `audit-db checkpoint` first",
+                verifier.key_id()
+            ))
+        })
+    }
+
+    /// An event's inclusion proof against the latest checkpoint of its log.
+    pub async fn inclusion_proof(&self, verifier: &NoteVerifier, event_id: Uuid) -> AuditResult<InclusionProofJson> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT organization_id, seq, leaf_hash FROM audit_log WHERE event_id = $1 LIMIT 1",
+                &[&event_id],
+            )
+            .await
+            .map_err(|e| pg_error(e, "finding the event"))?
+            .ok_or_else(|| AuditError::invalid(format!("event_id: no stored event has id {event_id}")))?;
+        let org: Option<String> = row.get(0);
+        let seq: i64 = row.get(1);
+        let log_id = org.clone().unwrap_or_default();
+        let cp = self.latest_trusted(&log_id, verifier).await?;
+        if seq >= cp.tree_size {
+            return Err(AuditError::invalid(format!(
+                "event {event_id} (position {seq}) is newer than the latest checkpoint (size {}); run `audit-db checkpoint`",
+                cp.tree_size
+            )));
+        }
+        let leaves = self.leaves(&log_id, cp.tree_size).await?;
+        let tree = MerkleTree::new(&leaves);
+        if tree.root() != cp.root_hash {
+            return Err(AuditError::integrity(format!(
+                "log `{log_id}`: stored leaves do not hash to the signed root of size {}; run `audit-db verify`",
+                cp.tree_size
+            )));
+        }
+        Ok(InclusionProofJson {
+            event_id,
+            organization_id: org,
+            seq,
+            leaf_hash: hex::encode(leaves[seq as usize]),
+            tree_size: cp.tree_size,
+            root_hash: hex::encode(cp.root_hash),
+            proof: tree.inclusion_proof(seq as u64).iter().map(hex::encode).collect(),
+            checkpoint: cp.note,
+        })
+    }
+
+    /// A consistency proof between two checkpoints of a log (default: the two latest).
+    pub async fn consistency_proof(
+        &self,
+        verifier: &NoteVerifier,
+        log_id: &str,
+        old_size: Option<i64>,
+        new_size: Option<i64>,
+    ) -> AuditResult<ConsistencyProofJson> {
+        let mut findings = Vec::new();
+        let trusted: Vec<CheckpointRecord> =
+            self.trusted_checkpoints(log_id, verifier, &mut findings).await?.into_iter().map(|(c, _)| c).collect();
+        let pick = |size: Option<i64>, nth_from_end: usize| -> AuditResult<CheckpointRecord> {
+            match size {
+                Some(s) => {
+                    trusted.iter().find(|c| c.tree_size == s).cloned().ok_or_else(|| {
+                        AuditError::invalid(format!("log `{log_id}` has no signed checkpoint of size {s}"))
+                    })
+                }
+                None => trusted.iter().rev().nth(nth_from_end).cloned().ok_or_else(|| {
+                    AuditError::invalid(format!("log `{log_id}` needs two signed checkpoints for a consistency proof"))
+                }),
+            }
+        };
+        let new = pick(new_size, 0)?;
+        let old = pick(old_size, 1)?;
+        if old.tree_size > new.tree_size {
+            return Err(AuditError::invalid("the old checkpoint must not be larger than the new one"));
+        }
+        let leaves = self.leaves(log_id, new.tree_size).await?;
+        let tree = MerkleTree::new(&leaves);
+        if tree.root() != new.root_hash {
+            return Err(AuditError::integrity(format!("log `{log_id}`: stored leaves do not hash to the signed root")));
+        }
+        Ok(ConsistencyProofJson {
+            log_id: log_id.to_string(),
+            old_size: old.tree_size,
+            old_root: hex::encode(old.root_hash),
+            new_size: new.tree_size,
+            new_root: hex::encode(new.root_hash),
+            proof: tree.consistency_proof(old.tree_size as u64).iter().map(hex::encode).collect(),
+        })
+    }
+
+    /// An evidence pack of one organisation's events (optionally within `[from, to]`), with the latest checkpoint,
+    /// an inclusion proof per event and the public key. Holds nothing of other organisations.
+    pub async fn export_pack(
+        &self,
+        signer: &NoteSigner,
+        org: &str,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> AuditResult<BTreeMap<String, Vec<u8>>> {
+        let verifier = signer.verifier();
+        let cp = self.latest_trusted(org, &verifier).await?;
+        let mut events = Vec::new();
+        self.for_each_event(org, 0, cp.tree_size, |e| {
+            if from.is_none_or(|f| e.event.timestamp >= f) && to.is_none_or(|t| e.event.timestamp <= t) {
+                events.push(e);
+            }
+            Ok(())
+        })
+        .await?;
+        let leaves = self.leaves(org, cp.tree_size).await?;
+        let proofs = ProofsFile::build(&leaves, &events)?;
+        if proofs.root != hex::encode(cp.root_hash) {
+            return Err(AuditError::integrity(format!(
+                "log `{org}`: stored leaves do not hash to the signed root; run `audit-db verify`"
+            )));
+        }
+        Ok(build_pack(signer, (!org.is_empty()).then_some(org), &cp.note, &events, &proofs, now, &BTreeMap::new())?)
+    }
+}
+
+/// The raw signature bytes of a note's signature line (stored beside the note for indexing and audits).
+fn note_signature(note: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    note.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("— "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .unwrap_or_default()
+}

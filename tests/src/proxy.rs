@@ -1,0 +1,328 @@
+//! A small TCP proxy that end-to-end tests put between the client and PostgreSQL or Redis to simulate network
+//! failures on demand: refused connections, cut connections, and a network that swallows everything.
+//!
+//! Only tokio is needed. Everything the proxy starts stops when the [`TcpProxy`] is dropped.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// What the proxy does with traffic. Switch with [`TcpProxy::set_mode`] at any time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Forward bytes both ways.
+    Pass,
+    /// Close every new connection as soon as it is accepted; existing connections continue.
+    Refuse,
+    /// Drop every current connection now, and close new ones like `Refuse` until the mode changes.
+    Cut,
+    /// Accept connections and read from them, but forward and answer nothing, on new and existing connections
+    /// alike: the client sees a peer that has gone silent (what a per-attempt timeout is for).
+    Blackhole,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Control {
+    mode: ProxyMode,
+    /// Incremented each time `Cut` is set, so connections opened before it know they must go.
+    cuts: u64,
+}
+
+/// A TCP proxy on `127.0.0.1:<ephemeral>` in front of one upstream address.
+#[derive(Debug)]
+pub struct TcpProxy {
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    control: watch::Sender<Control>,
+    active: Arc<AtomicUsize>,
+    accept_task: JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Starts a proxy to `upstream` in `Pass` mode. Panics if no loopback port can be bound, which in a test is
+    /// the most useful outcome; use [`TcpProxy::try_start`] to handle it.
+    pub async fn start(upstream: SocketAddr) -> TcpProxy {
+        Self::try_start(upstream).await.expect("bind the test proxy on 127.0.0.1:0")
+    }
+
+    /// Starts a proxy to `upstream` in `Pass` mode.
+    pub async fn try_start(upstream: SocketAddr) -> io::Result<TcpProxy> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let (control, rx) = watch::channel(Control { mode: ProxyMode::Pass, cuts: 0 });
+        let active = Arc::new(AtomicUsize::new(0));
+        let accept_task = tokio::spawn(accept_loop(listener, upstream, rx, active.clone()));
+        tracing::debug!(%addr, %upstream, "test proxy started");
+        Ok(TcpProxy { addr, upstream, control, active, accept_task })
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Where the proxy forwards to.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> ProxyMode {
+        self.control.borrow().mode
+    }
+
+    /// Switches mode; `Cut` drops every current connection before this returns to the caller's next await.
+    pub fn set_mode(&self, mode: ProxyMode) {
+        self.control.send_modify(|c| {
+            c.mode = mode;
+            if mode == ProxyMode::Cut {
+                c.cuts += 1;
+            }
+        });
+        tracing::debug!(addr = %self.addr, ?mode, "test proxy mode changed");
+    }
+
+    /// Connections currently held open by the proxy (client side).
+    pub fn active_connections(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        // Dropping `control` closes the channel, which ends every connection task; the accept loop is aborted
+        // so the listening socket closes at once.
+        self.accept_task.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    mut rx: watch::Receiver<Control>,
+    active: Arc<AtomicUsize>,
+) {
+    loop {
+        let client = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((client, _)) => client,
+                Err(e) => {
+                    tracing::debug!(error = %e, "test proxy accept failed");
+                    continue;
+                }
+            },
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return; // the proxy was dropped
+                }
+                continue;
+            }
+        };
+        let control = *rx.borrow();
+        match control.mode {
+            ProxyMode::Refuse | ProxyMode::Cut => drop(client),
+            ProxyMode::Pass | ProxyMode::Blackhole => {
+                let guard = ActiveGuard::new(active.clone());
+                tokio::spawn(connection(client, upstream, control, rx.clone(), guard));
+            }
+        }
+    }
+}
+
+/// Counts a connection while it lives.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl ActiveGuard {
+    fn new(active: Arc<AtomicUsize>) -> Self {
+        active.fetch_add(1, Ordering::SeqCst);
+        Self(active)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn connection(
+    client: TcpStream,
+    upstream: SocketAddr,
+    at_accept: Control,
+    rx: watch::Receiver<Control>,
+    _guard: ActiveGuard,
+) {
+    // A connection accepted while blackholed never reaches the upstream, even if the mode changes later.
+    let upstream = if at_accept.mode == ProxyMode::Pass {
+        match TcpStream::connect(upstream).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(error = %e, %upstream, "test proxy could not reach upstream");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    if let Err(e) = pump(client, upstream, at_accept.cuts, rx).await {
+        tracing::debug!(error = %e, "test proxy connection ended with an error");
+    }
+}
+
+/// Moves bytes between the client and the upstream according to the current mode, until either side closes,
+/// a `Cut` arrives or the proxy is dropped.
+async fn pump(
+    mut client: TcpStream,
+    mut upstream: Option<TcpStream>,
+    cuts_at_start: u64,
+    mut rx: watch::Receiver<Control>,
+) -> io::Result<()> {
+    let mut from_client = vec![0u8; 16 * 1024];
+    let mut from_upstream = vec![0u8; 16 * 1024];
+    let mut client_open = true;
+    let mut upstream_open = upstream.is_some();
+    loop {
+        if rx.borrow().cuts != cuts_at_start {
+            return Ok(()); // dropping both streams closes them
+        }
+        if !client_open && !upstream_open {
+            return Ok(());
+        }
+        tokio::select! {
+            read = client.read(&mut from_client), if client_open => {
+                let n = read?;
+                let forward = rx.borrow().mode != ProxyMode::Blackhole;
+                match (&mut upstream, n) {
+                    (Some(up), 0) => {
+                        client_open = false;
+                        up.shutdown().await?;
+                    }
+                    (None, 0) => client_open = false,
+                    (Some(up), n) if forward => up.write_all(&from_client[..n]).await?,
+                    _ => {} // blackholed: swallow
+                }
+            }
+            read = read_opt(&mut upstream, &mut from_upstream), if upstream_open => {
+                let n = read?;
+                if n == 0 {
+                    upstream_open = false;
+                    client.shutdown().await?;
+                } else if rx.borrow().mode != ProxyMode::Blackhole {
+                    client.write_all(&from_upstream[..n]).await?;
+                }
+            }
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return Ok(()); // the proxy was dropped
+                }
+            }
+        }
+    }
+}
+
+async fn read_opt(stream: &mut Option<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
+    match stream {
+        Some(s) => s.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// An echo server on loopback that runs until the test's runtime ends.
+    async fn echo_server() -> SocketAddr {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// Writes `msg` and reads as many bytes back, giving up (with `TimedOut`) after `within`.
+    async fn roundtrip_within(s: &mut TcpStream, msg: &[u8], within: Duration) -> io::Result<Vec<u8>> {
+        let exchange = async {
+            s.write_all(msg).await?;
+            let mut buf = vec![0u8; msg.len()];
+            s.read_exact(&mut buf).await?;
+            Ok(buf)
+        };
+        tokio::time::timeout(within, exchange).await.map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+    }
+
+    /// A roundtrip that must succeed; bounded so that a broken proxy fails the test instead of hanging it.
+    async fn roundtrip(s: &mut TcpStream, msg: &[u8]) -> io::Result<Vec<u8>> {
+        roundtrip_within(s, msg, Duration::from_secs(5)).await
+    }
+
+    /// True when the peer closed (EOF or reset) within a generous bound.
+    async fn closed_by_peer(s: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 16];
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(_)) | Err(_) => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn modes_pass_refuse_cut_blackhole() {
+        let proxy = TcpProxy::start(echo_server().await).await;
+        assert_eq!(proxy.mode(), ProxyMode::Pass);
+
+        // Pass: bytes go through both ways.
+        let mut kept = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(roundtrip(&mut kept, b"hello").await.unwrap(), b"hello");
+
+        // Refuse: new connections are closed at once, existing ones keep working.
+        proxy.set_mode(ProxyMode::Refuse);
+        let mut refused = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert!(closed_by_peer(&mut refused).await, "a refused connection must be closed");
+        assert_eq!(roundtrip(&mut kept, b"still").await.unwrap(), b"still");
+
+        // Cut: the existing connection is dropped now.
+        proxy.set_mode(ProxyMode::Cut);
+        assert!(closed_by_peer(&mut kept).await, "cut must close existing connections");
+        let mut during_cut = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert!(closed_by_peer(&mut during_cut).await);
+
+        // Blackhole: connections are accepted but nothing comes back, on new and existing ones.
+        proxy.set_mode(ProxyMode::Pass);
+        let mut existing = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(roundtrip(&mut existing, b"before").await.unwrap(), b"before");
+        proxy.set_mode(ProxyMode::Blackhole);
+        let mut silent = TcpStream::connect(proxy.addr()).await.unwrap();
+        let quiet = Duration::from_millis(300);
+        for s in [&mut silent, &mut existing] {
+            let answer = roundtrip_within(s, b"ping", quiet).await;
+            assert_eq!(answer.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut), "blackhole must not answer");
+        }
+        assert_eq!(proxy.active_connections(), 2, "blackholed connections stay open");
+
+        // Back to Pass: new connections work again.
+        proxy.set_mode(ProxyMode::Pass);
+        let mut fresh = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(roundtrip(&mut fresh, b"again").await.unwrap(), b"again");
+
+        // Dropping the proxy closes its connections and its port.
+        let addr = proxy.addr();
+        drop(proxy);
+        assert!(closed_by_peer(&mut fresh).await, "dropping the proxy must close its connections");
+        assert!(closed_by_peer(&mut silent).await);
+        let reconnect = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await;
+        assert!(matches!(reconnect, Ok(Err(_))), "the listening port must be closed after drop");
+    }
+}

@@ -1,0 +1,222 @@
+//! Tamper evidence end to end: checkpoints over real rows, then a superuser bypasses the triggers
+//! (`session_replication_role = replica`) and alters, deletes, injects and reorders rows — `verify` names each.
+
+use std::collections::BTreeMap;
+
+use audit_client::AuditClient;
+use audit_client::integrity::IntegrityStore;
+use audit_core::config::{AuditConfig, PartitionConfig};
+use audit_core::integrity::{FindingKind, NoteSigner, verify_inclusion, verify_pack};
+use audit_core::{Direct, NoCache};
+use audit_partition::PartitionManager;
+use audit_tests::TestDb;
+use chrono::{Duration, SecondsFormat, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+async fn setup(prefix: &str) -> (TestDb, AuditClient<PartitionManager>) {
+    let db = TestDb::create(prefix).await;
+    audit_client::run_migrations(&db.url).await.unwrap();
+    let pm = PartitionManager::connect(&db.url, PartitionConfig::default()).await.unwrap();
+    let client = AuditClient::connect(AuditConfig::default(), &db.url, pm, NoCache, Direct).await.unwrap();
+    (db, client)
+}
+
+async fn sql(url: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+fn events(orgs: &[Option<&str>], n: usize) -> Vec<Value> {
+    let now = Utc::now();
+    (0..n)
+        .map(|i| {
+            let mut e = json!({
+                "event_id": Uuid::new_v4().to_string(),
+                "action": "patient_data_access",
+                "status": "success",
+                "timestamp": (now - Duration::seconds(i as i64 * 37)).to_rfc3339_opts(SecondsFormat::Micros, true),
+                "principal_id": format!("dr_{}", i % 9),
+                "details": {"fields": ["name", "dob"], "amount": 1250.00, "nested": {"b": 2, "a": [1, 2.50, "x\ny"]}},
+            });
+            if let Some(o) = orgs[i % orgs.len()] {
+                e["organization_id"] = json!(o);
+            }
+            e
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_is_clean_after_checkpoint_and_names_every_tampering() {
+    let (db, client) = setup("integ_tamper").await;
+    let orgs = [Some("hospital_a"), Some("bank_b"), None];
+    let r = client.insert_batch(events(&orgs, 900)).await.unwrap();
+    assert_eq!(r.accepted(), 900);
+    let signer = NoteSigner::generate("audit-db-test").unwrap();
+    let verifier = signer.verifier();
+    let store = IntegrityStore::connect(&db.url).await.unwrap();
+    let sealed = store.checkpoint(&signer, None, Utc::now()).await.unwrap();
+    assert_eq!(sealed.len(), 3);
+    assert!(sealed.iter().all(|s| s.new_checkpoint && s.tree_size == 300));
+
+    // Clean, including the leaf hashes computed before the insert matching what the database gives back.
+    let report = store.verify(&verifier, None, false, &|_| {}).await.unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    assert_eq!(report.leaves, 900);
+
+    // More events, a second checkpoint, and a consistency proof between the two.
+    client.insert_batch(events(&orgs, 30)).await.unwrap();
+    store.checkpoint(&signer, None, Utc::now()).await.unwrap();
+    let c = store.consistency_proof(&verifier, "hospital_a", None, None).await.unwrap();
+    assert_eq!((c.old_size, c.new_size), (300, 310));
+    let hex32 = |s: &str| -> [u8; 32] { hex::decode(s).unwrap().try_into().unwrap() };
+    let proof: Vec<[u8; 32]> = c.proof.iter().map(|h| hex32(h)).collect();
+    assert!(audit_core::integrity::verify_consistency(300, 310, &hex32(&c.old_root), &hex32(&c.new_root), &proof));
+
+    // An inclusion proof verifies against the signed root, with O(log n) hashes.
+    let pg = sql(&db.url).await;
+    let some: Uuid = pg
+        .query_one("SELECT event_id FROM audit_log WHERE organization_id = 'bank_b' AND seq = 123", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let p = store.inclusion_proof(&verifier, some).await.unwrap();
+    let proof: Vec<[u8; 32]> = p.proof.iter().map(|h| hex32(h)).collect();
+    assert!(proof.len() <= 10);
+    assert!(verify_inclusion(&hex32(&p.leaf_hash), p.seq as u64, p.tree_size as u64, &proof, &hex32(&p.root_hash)));
+    assert!(verifier.verify(&p.checkpoint).is_ok());
+
+    // The superuser bypasses the triggers.
+    pg.batch_execute("SET session_replication_role = replica").await.unwrap();
+    let altered: Uuid = pg
+        .query_one(
+            "UPDATE audit_log SET details = jsonb_set(details, '{fields}', '[\"name\",\"ssn\"]') \
+             WHERE organization_id = 'hospital_a' AND seq = 10 RETURNING event_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let deleted: Uuid = pg
+        .query_one("DELETE FROM audit_log WHERE organization_id = 'hospital_a' AND seq = 20 RETURNING event_id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // A forged row with a plausible sequence number (a duplicate of seq 30) and a made-up leaf hash.
+    let forged = Uuid::new_v4();
+    pg.execute(
+        "INSERT INTO audit_log (event_id, \"timestamp\", ingested_at, action, status, organization_id, details, seq, leaf_hash) \
+         SELECT $1, \"timestamp\", ingested_at, 'patient_data_access', 'success', organization_id, details, seq, leaf_hash \
+         FROM audit_log WHERE organization_id = 'hospital_a' AND seq = 30",
+        &[&forged],
+    )
+    .await
+    .unwrap();
+    // Two rows swap positions in the bank's log.
+    let a: Uuid = pg
+        .query_one("SELECT event_id FROM audit_log WHERE organization_id = 'bank_b' AND seq = 40", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let b: Uuid = pg
+        .query_one("SELECT event_id FROM audit_log WHERE organization_id = 'bank_b' AND seq = 41", &[])
+        .await
+        .unwrap()
+        .get(0);
+    pg.batch_execute(
+        "UPDATE audit_log SET seq = CASE seq WHEN 40 THEN 41 ELSE 40 END WHERE organization_id = 'bank_b' AND seq IN (40, 41)",
+    )
+    .await
+    .unwrap();
+
+    let report = store.verify(&verifier, None, false, &|_| {}).await.unwrap();
+    let has = |kind: FindingKind, id: Uuid| report.findings.iter().any(|f| f.kind == kind && f.event_id == Some(id));
+    assert!(has(FindingKind::Altered, altered), "{:#?}", report.findings);
+    assert!(
+        report.findings.iter().any(|f| f.kind == FindingKind::Missing && f.seq == Some(20) && f.log_id == "hospital_a"),
+        "{:#?}",
+        report.findings
+    );
+    let _ = deleted;
+    assert!(has(FindingKind::Injected, forged), "{:#?}", report.findings);
+    assert!(has(FindingKind::Reordered, a) && has(FindingKind::Reordered, b), "{:#?}", report.findings);
+    assert!(
+        report.findings.iter().all(|f| !f.log_id.is_empty()),
+        "the shared log is untouched: {:#?}",
+        report.findings
+    );
+
+    // Sealing new rows extends the signed frontier, so it never blesses the old tampering…
+    client.insert_batch(events(&[Some("hospital_a")], 1)).await.unwrap();
+    // …but it refuses to sign new rows that were changed before they were sealed.
+    pg.batch_execute(
+        "UPDATE audit_log SET action = 'forged' WHERE organization_id = 'hospital_a' \
+         AND seq = (SELECT size - 1 FROM audit_log_heads WHERE log_id = 'hospital_a')",
+    )
+    .await
+    .unwrap();
+    let refused = store.checkpoint(&signer, Some("hospital_a"), Utc::now()).await.unwrap_err();
+    assert!(refused.message.contains("refusing to sign"), "{}", refused.message);
+
+    // A forged checkpoint row (signature by another key with the same id text) is a bad signature.
+    let other = NoteSigner::generate("audit-db-test").unwrap();
+    let note = other.sign(&audit_core::integrity::Checkpoint {
+        origin: audit_core::integrity::origin_for("bank_b"),
+        tree_size: 5,
+        root_hash: [7u8; 32],
+        time: Utc::now(),
+    });
+    pg.execute(
+        "INSERT INTO audit_checkpoints (log_id, tree_size, root_hash, created_at, key_id, signature, note, frontier) \
+         VALUES ('bank_b', 5, $1, now(), $2, '\\x00', $3, '\\x')",
+        &[&[7u8; 32].as_slice(), &verifier.key_id(), &note],
+    )
+    .await
+    .unwrap();
+    let report = store.verify(&verifier, Some("bank_b"), false, &|_| {}).await.unwrap();
+    assert!(report.findings.iter().any(|f| f.kind == FindingKind::BadSignature), "{:#?}", report.findings);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_verify_reads_only_what_is_new() {
+    let (db, client) = setup("integ_incr").await;
+    client.insert_batch(events(&[Some("o1")], 500)).await.unwrap();
+    let signer = NoteSigner::generate("k").unwrap();
+    let store = IntegrityStore::connect(&db.url).await.unwrap();
+    store.checkpoint(&signer, None, Utc::now()).await.unwrap();
+    let full = store.verify(&signer.verifier(), None, false, &|_| {}).await.unwrap();
+    assert!(full.findings.is_empty());
+    assert_eq!(full.leaves, 500);
+    client.insert_batch(events(&[Some("o1")], 20)).await.unwrap();
+    store.checkpoint(&signer, None, Utc::now()).await.unwrap();
+    let inc = store.verify(&signer.verifier(), None, true, &|_| {}).await.unwrap();
+    assert!(inc.findings.is_empty(), "{:?}", inc.findings);
+    assert_eq!(inc.leaves, 20, "only the new leaves are read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evidence_pack_verifies_offline_holds_one_org_and_fails_after_any_edit() {
+    let (db, client) = setup("integ_pack").await;
+    client.insert_batch(events(&[Some("hospital_a"), Some("bank_b")], 200)).await.unwrap();
+    let signer = NoteSigner::generate("audit-db").unwrap();
+    let store = IntegrityStore::connect(&db.url).await.unwrap();
+    store.checkpoint(&signer, None, Utc::now()).await.unwrap();
+    let files: BTreeMap<String, Vec<u8>> =
+        store.export_pack(&signer, "hospital_a", None, None, Utc::now()).await.unwrap();
+    let report = verify_pack(&files, Some(&signer.verifier())).expect("the pack verifies");
+    assert_eq!(report.events, 100);
+    let all = String::from_utf8(files.values().flatten().copied().collect()).unwrap_or_default();
+    assert!(!all.contains("bank_b"), "no other organisation's data in the pack");
+    // Every single-byte change of every file breaks it (sampled positions per file to keep the test fast).
+    for (name, bytes) in &files {
+        let step = (bytes.len() / 40).max(1);
+        for pos in (0..bytes.len()).step_by(step) {
+            let mut changed = files.clone();
+            let b = changed.get_mut(name).unwrap();
+            b[pos] ^= 0x01;
+            assert!(verify_pack(&changed, None).is_err(), "{name} byte {pos} changed and the pack still verified");
+        }
+    }
+}
