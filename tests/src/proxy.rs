@@ -1,5 +1,6 @@
 //! A small TCP proxy that end-to-end tests put between the client and PostgreSQL or Redis to simulate network
-//! failures on demand: refused connections, cut connections, and a network that swallows everything.
+//! failures on demand: refused connections, cut connections, a network that swallows everything, and a connection
+//! lost while a PostgreSQL `COMMIT` is in flight (the one failure whose outcome the client cannot know).
 //!
 //! Only tokio is needed. Everything the proxy starts stops when the [`TcpProxy`] is dropped.
 
@@ -41,8 +42,34 @@ pub struct TcpProxy {
     upstream: SocketAddr,
     control: watch::Sender<Control>,
     active: Arc<AtomicUsize>,
+    commits: Arc<CommitCuts>,
     accept_task: JoinHandle<()>,
 }
+
+/// Lost-COMMIT injection shared by every connection of a proxy: how many COMMITs are still to be cut, and how many
+/// were cut.
+#[derive(Debug, Default)]
+struct CommitCuts {
+    armed: AtomicUsize,
+    done: AtomicUsize,
+}
+
+impl CommitCuts {
+    /// Takes one armed cut, if any (several connections may see a COMMIT at once; only `armed` of them win).
+    fn claim(&self) -> bool {
+        self.armed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+}
+
+/// The simple-query message tokio-postgres sends for `Transaction::commit`: `'Q'`, Int32 length (4 + 7), `COMMIT\0`.
+const COMMIT_QUERY: &[u8] = b"Q\x00\x00\x00\x0bCOMMIT\x00";
+
+/// PostgreSQL's ReadyForQuery message header (`'Z'`, Int32 length 5); the status byte follows. It ends the server's
+/// answer to a simple query.
+const READY_FOR_QUERY: &[u8] = b"Z\x00\x00\x00\x05";
+
+/// How long a cut connection waits for the server to finish the COMMIT before closing anyway.
+const COMMIT_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl TcpProxy {
     /// Starts a proxy to `upstream` in `Pass` mode. Panics if no loopback port can be bound, which in a test is
@@ -57,9 +84,10 @@ impl TcpProxy {
         let addr = listener.local_addr()?;
         let (control, rx) = watch::channel(Control { mode: ProxyMode::Pass, cuts: 0 });
         let active = Arc::new(AtomicUsize::new(0));
-        let accept_task = tokio::spawn(accept_loop(listener, upstream, rx, active.clone()));
+        let commits = Arc::new(CommitCuts::default());
+        let accept_task = tokio::spawn(accept_loop(listener, upstream, rx, active.clone(), commits.clone()));
         tracing::debug!(%addr, %upstream, "test proxy started");
-        Ok(TcpProxy { addr, upstream, control, active, accept_task })
+        Ok(TcpProxy { addr, upstream, control, active, commits, accept_task })
     }
 
     /// Where clients connect.
@@ -92,6 +120,26 @@ impl TcpProxy {
     pub fn active_connections(&self) -> usize {
         self.active.load(Ordering::SeqCst)
     }
+
+    /// Arms the lost-COMMIT failure for the next `n` PostgreSQL `COMMIT`s on any passing connection: the proxy
+    /// forwards the client's `COMMIT` to the server, waits until the server has answered it (so the transaction's
+    /// fate is decided server-side), swallows that answer and closes both sides. The client sees its connection
+    /// drop during COMMIT without learning whether it committed. Other traffic keeps passing; the mode is left
+    /// as it was. Armed cuts left unused stay armed; [`TcpProxy::disarm_commit_cuts`] removes them.
+    pub fn cut_next_commits(&self, n: usize) {
+        self.commits.armed.fetch_add(n, Ordering::SeqCst);
+        tracing::debug!(addr = %self.addr, n, "test proxy armed to cut COMMITs");
+    }
+
+    /// Removes armed COMMIT cuts that have not happened yet; returns how many there were.
+    pub fn disarm_commit_cuts(&self) -> usize {
+        self.commits.armed.swap(0, Ordering::SeqCst)
+    }
+
+    /// How many COMMITs the proxy has cut so far (forwarded, answered by the server, answer not delivered).
+    pub fn commits_cut(&self) -> usize {
+        self.commits.done.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for TcpProxy {
@@ -107,6 +155,7 @@ async fn accept_loop(
     upstream: SocketAddr,
     mut rx: watch::Receiver<Control>,
     active: Arc<AtomicUsize>,
+    commits: Arc<CommitCuts>,
 ) {
     loop {
         let client = tokio::select! {
@@ -129,7 +178,7 @@ async fn accept_loop(
             ProxyMode::Refuse | ProxyMode::Cut => drop(client),
             ProxyMode::Pass | ProxyMode::Blackhole => {
                 let guard = ActiveGuard::new(active.clone());
-                tokio::spawn(connection(client, upstream, control, rx.clone(), guard));
+                tokio::spawn(connection(client, upstream, control, rx.clone(), guard, commits.clone()));
             }
         }
     }
@@ -157,6 +206,7 @@ async fn connection(
     at_accept: Control,
     rx: watch::Receiver<Control>,
     _guard: ActiveGuard,
+    commits: Arc<CommitCuts>,
 ) {
     // A connection accepted while blackholed never reaches the upstream, even if the mode changes later.
     let upstream = if at_accept.mode == ProxyMode::Pass {
@@ -170,7 +220,7 @@ async fn connection(
     } else {
         None
     };
-    if let Err(e) = pump(client, upstream, at_accept.cuts, rx).await {
+    if let Err(e) = pump(client, upstream, at_accept.cuts, rx, commits).await {
         tracing::debug!(error = %e, "test proxy connection ended with an error");
     }
 }
@@ -182,9 +232,12 @@ async fn pump(
     mut upstream: Option<TcpStream>,
     cuts_at_start: u64,
     mut rx: watch::Receiver<Control>,
+    commits: Arc<CommitCuts>,
 ) -> io::Result<()> {
     let mut from_client = vec![0u8; 16 * 1024];
     let mut from_upstream = vec![0u8; 16 * 1024];
+    // The last bytes sent by the client, so that a COMMIT message split across two reads is still recognised.
+    let mut client_tail: Vec<u8> = Vec::with_capacity(COMMIT_QUERY.len());
     let mut client_open = true;
     let mut upstream_open = upstream.is_some();
     loop {
@@ -204,7 +257,16 @@ async fn pump(
                         up.shutdown().await?;
                     }
                     (None, 0) => client_open = false,
-                    (Some(up), n) if forward => up.write_all(&from_client[..n]).await?,
+                    (Some(up), n) if forward => {
+                        up.write_all(&from_client[..n]).await?;
+                        let commit = ends_with_commit(&mut client_tail, &from_client[..n]);
+                        if commit && commits.claim() {
+                            swallow_commit_reply(up).await;
+                            commits.done.fetch_add(1, Ordering::SeqCst);
+                            tracing::debug!("test proxy cut a connection after forwarding its COMMIT");
+                            return Ok(()); // dropping both streams closes them
+                        }
+                    }
                     _ => {} // blackholed: swallow
                 }
             }
@@ -223,6 +285,39 @@ async fn pump(
                 }
             }
         }
+    }
+}
+
+/// Appends `chunk` to the client's stream tail and tells whether the stream now contains a COMMIT simple query in
+/// its last bytes (the client sends nothing more until it has COMMIT's answer, so the message ends a read).
+fn ends_with_commit(tail: &mut Vec<u8>, chunk: &[u8]) -> bool {
+    tail.extend_from_slice(chunk);
+    let found = tail.windows(COMMIT_QUERY.len()).any(|w| w == COMMIT_QUERY);
+    let keep = tail.len().min(COMMIT_QUERY.len() - 1);
+    tail.drain(..tail.len() - keep);
+    found
+}
+
+/// Reads (and discards) the server's answer to a forwarded COMMIT, up to its ReadyForQuery, so that the server has
+/// decided the transaction before the proxy closes. Bounded: a server that never answers is closed on anyway.
+async fn swallow_commit_reply(upstream: &mut TcpStream) {
+    let mut seen: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let wait = async {
+        loop {
+            match upstream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(READY_FOR_QUERY.len()).any(|w| w == READY_FOR_QUERY) {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(COMMIT_REPLY_WAIT, wait).await.is_err() {
+        tracing::debug!("test proxy: no answer to a cut COMMIT within {COMMIT_REPLY_WAIT:?}");
     }
 }
 

@@ -220,3 +220,38 @@ async fn an_evidence_pack_verifies_offline_holds_one_org_and_fails_after_any_edi
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaves_hashed_before_insert_equal_leaves_of_what_the_database_gives_back() {
+    let (db, client) = setup("integ_roundtrip").await;
+    let tricky = [
+        json!({"amount": 1250.00, "rate": 1.5e3, "tiny": 1e-7, "neg0": -0.0, "big": 123456789012345678901234567890u128}),
+        json!({"ü": "ünïcödé ✓ 🚑", "a\u{0001}b": "ctl\u{0007}\u{001f}", "line": "\u{2028}\u{2029}", "q": "\"\\/"}),
+        json!({"nested": {"z": [1, {"y": [true, false, null]}, []], "a": {}}, "": ""}),
+        json!({"long": "x".repeat(5000)}),
+        json!({}),
+    ];
+    let now = Utc::now();
+    let mut evs = Vec::new();
+    for (i, d) in tricky.iter().enumerate() {
+        evs.push(json!({"action": "a", "status": "attempt", "details": d, "organization_id": "o",
+            "timestamp": (now - Duration::nanoseconds(123_456_789 * i as i64)).to_rfc3339_opts(SecondsFormat::Nanos, true),
+            "processing_latency": i, "ttl": "7d", "event_version": "2.1", "outcome_description": "ok ✓"}));
+    }
+    // Numbers as their text, exactly as a producer might send them.
+    evs.push(
+        serde_json::from_str(&format!(
+            r#"{{"action":"a","status":"success","timestamp":"{}","details":{{"n":1.50E+2,"m":-0,"k":0.000}}}}"#,
+            now.to_rfc3339_opts(SecondsFormat::Micros, true)
+        ))
+        .unwrap(),
+    );
+    let r = client.insert_batch(evs).await.unwrap();
+    assert_eq!(r.accepted(), 6, "{:?}", r.items);
+    let store = IntegrityStore::connect(&db.url).await.unwrap();
+    let signer = NoteSigner::generate("k").unwrap();
+    store.checkpoint(&signer, None, Utc::now()).await.expect("every stored leaf matches its content");
+    let report = store.verify(&signer.verifier(), None, false, &|_| {}).await.unwrap();
+    assert!(report.findings.is_empty(), "{:#?}", report.findings);
+    assert_eq!(report.leaves, 6);
+}

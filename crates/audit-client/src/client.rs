@@ -299,15 +299,24 @@ where
                 }
             }
         }
-        let mut rest = valid.into_iter();
-        loop {
-            let chunk: Vec<(usize, NewEvent)> = rest.by_ref().take(CHUNK).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            let ingested_at = now_micros();
+        // Stamping and pre-hashing chunk k+1 (CPU) overlaps storing chunk k (database).
+        let prepare = |chunk: Vec<(usize, NewEvent)>| {
+            tokio::task::spawn_blocking(move || {
+                let ingested_at = now_micros();
+                chunk.into_iter().map(|(i, e)| (i, PreparedEvent::new(e, ingested_at))).unzip::<_, _, Vec<_>, Vec<_>>()
+            })
+        };
+        let mut chunks = Vec::new();
+        let mut rest = valid.into_iter().peekable();
+        while rest.peek().is_some() {
+            chunks.push(rest.by_ref().take(CHUNK).collect::<Vec<_>>());
+        }
+        let mut chunks = chunks.into_iter();
+        let mut next = chunks.next().map(prepare);
+        while let Some(pending) = next.take() {
             let (idx, prepared): (Vec<usize>, Vec<PreparedEvent>) =
-                chunk.into_iter().map(|(i, e)| (i, PreparedEvent::new(e, ingested_at))).unzip();
+                pending.await.map_err(|e| AuditError::permanent(format!("preparing events failed: {e}")))?;
+            next = chunks.next().map(prepare);
             let ids: Vec<Uuid> = prepared.iter().map(|p| p.event.event_id).collect();
             let outcomes = self.inner.store(prepared).await?;
             for ((i, event_id), o) in idx.into_iter().zip(ids).zip(outcomes) {

@@ -77,7 +77,10 @@ pub async fn run(app: App, args: IngestArgs) -> anyhow::Result<ExitCode> {
     });
 
     let progress = Progress::new(total_bytes);
-    let (mut accepted, mut rejected, mut duplicates) = (0u64, 0u64, 0u64);
+    // Two chunks in flight: while one commits, the next is hashed and sent (their transactions serialise on the
+    // organisations' log heads, so order and gap-free sequences are kept).
+    let mut in_flight: std::collections::VecDeque<Pending> = std::collections::VecDeque::new();
+    let mut counts = Counts::default();
     while let Some(chunk) = rx.recv().await {
         let chunk = chunk.context("reading input")?;
         let mut invalid = vec![false; chunk.results.len()];
@@ -87,26 +90,58 @@ pub async fn run(app: App, args: IngestArgs) -> anyhow::Result<ExitCode> {
                 progress.println(&format!("line {n}: {e}"));
             }
         }
-        let report = client.insert_validated(chunk.results).await.context("storing events")?;
-        for (k, (n, item)) in chunk.line_numbers.iter().zip(&report.items).enumerate() {
-            match item {
-                BatchItem::Ok(audit_client::Ack::Stored { .. }) => accepted += 1,
-                BatchItem::Ok(audit_client::Ack::Duplicate { .. }) => duplicates += 1,
-                BatchItem::Rejected(reason) => {
-                    rejected += 1;
-                    // Validation rejections were printed above; the database's own are printed here.
-                    if !invalid[k] {
-                        progress.println(&format!("line {n}: {reason}"));
-                    }
-                }
-            }
+        let c = client.clone();
+        let results = chunk.results;
+        let task = tokio::spawn(async move { c.insert_validated(results).await });
+        in_flight.push_back(Pending { line_numbers: chunk.line_numbers, invalid, bytes: chunk.bytes, task });
+        if in_flight.len() >= 2 {
+            let done = in_flight.pop_front().expect("two in flight");
+            settle(done, &mut counts, &progress).await?;
         }
-        progress.advance(chunk.bytes, accepted + duplicates + rejected);
     }
+    while let Some(done) = in_flight.pop_front() {
+        settle(done, &mut counts, &progress).await?;
+    }
+    let Counts { accepted, rejected, duplicates } = counts;
     reader.join().map_err(|_| anyhow::anyhow!("the input reader thread panicked"))?;
     progress.finish(accepted + duplicates + rejected);
     println!("{}", serde_json::json!({"accepted": accepted, "rejected": rejected, "duplicates": duplicates}));
     Ok(if rejected > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+/// A chunk whose transaction is under way.
+struct Pending {
+    line_numbers: Vec<u64>,
+    invalid: Vec<bool>,
+    bytes: u64,
+    task: tokio::task::JoinHandle<audit_core::AuditResult<audit_client::BatchReport>>,
+}
+
+#[derive(Default)]
+struct Counts {
+    accepted: u64,
+    rejected: u64,
+    duplicates: u64,
+}
+
+/// Waits for a chunk's transaction and accounts for every line of it.
+async fn settle(p: Pending, counts: &mut Counts, progress: &Progress) -> anyhow::Result<()> {
+    let report = p.task.await.context("the storing task failed")?.context("storing events")?;
+    for (k, (n, item)) in p.line_numbers.iter().zip(&report.items).enumerate() {
+        match item {
+            BatchItem::Ok(audit_client::Ack::Stored { .. }) => counts.accepted += 1,
+            BatchItem::Ok(audit_client::Ack::Duplicate { .. }) => counts.duplicates += 1,
+            BatchItem::Rejected(reason) => {
+                counts.rejected += 1;
+                // Validation rejections were printed when read; the database's own are printed here.
+                if !p.invalid[k] {
+                    progress.println(&format!("line {n}: {reason}"));
+                }
+            }
+        }
+    }
+    progress.advance(p.bytes, counts.accepted + counts.duplicates + counts.rejected);
+    Ok(())
 }
 
 /// A progress bar on a terminal; plain periodic lines otherwise (indicatif hides bars when not a terminal).
