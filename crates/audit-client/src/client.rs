@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::batcher::GroupCommitter;
 use crate::pg::{PgClientManager, pool_error, read_pool_error};
 use crate::reader;
-use crate::writer::{PreparedEvent, WriteOutcome, write_batch, write_isolating};
+use crate::writer::{DuplicateCheck, PreparedEvent, WriteOutcome, write_batch, write_isolating};
 
 /// The acknowledgement of one stored event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -530,6 +530,15 @@ where
     C: QueryCache,
     R: ResiliencePolicy,
 {
+    /// With the range strategy the primary key is exactly `(event_id, timestamp)`, so a duplicate cannot slip past
+    /// it and the per-event lookup can be skipped until the key refuses one.
+    fn duplicate_check(&self) -> DuplicateCheck {
+        match self.config.partition.strategy {
+            audit_core::config::PartitionStrategy::Range => DuplicateCheck::Optimistic,
+            _ => DuplicateCheck::Always,
+        }
+    }
+
     /// Makes sure partitions exist for every month of the batch not seen before.
     async fn ensure_partitions(&self, events: &[PreparedEvent], force: bool) -> AuditResult<()> {
         let mut wanted: Vec<DateTime<Utc>> = Vec::new();
@@ -649,7 +658,7 @@ where
                 async move {
                     let mut conn = inner.write_pool.get().await.map_err(|e| pool_error(e, inner.acquire_timeout))?;
                     let mut earlier = earlier.lock().await;
-                    write_isolating(&mut conn, &events, &mut earlier).await
+                    write_isolating(&mut conn, &events, &mut earlier, inner.duplicate_check()).await
                 }
             })
             .await
@@ -699,7 +708,7 @@ where
                 async move {
                     let mut conn = inner.write_pool.get().await.map_err(|e| pool_error(e, inner.acquire_timeout))?;
                     let mut earlier = earlier.lock().await;
-                    write_batch(&mut conn, &events, &mut earlier).await.map(|w| w.outcomes)
+                    write_batch(&mut conn, &events, &mut earlier, DuplicateCheck::Always).await.map(|w| w.outcomes)
                 }
             })
             .await?;

@@ -30,6 +30,8 @@ pub struct PreparedEvent {
     pub ingested_at: DateTime<Utc>,
     /// The leaf hash state up to the row id.
     pub prefix: LeafPrefix,
+    /// `details` serialised once, outside the transaction, for COPY.
+    details_json: Vec<u8>,
 }
 
 impl std::fmt::Debug for PreparedEvent {
@@ -42,7 +44,8 @@ impl PreparedEvent {
     /// Stamps and pre-hashes an event.
     pub fn new(event: NewEvent, ingested_at: DateTime<Utc>) -> Self {
         let prefix = LeafPrefix::new(&event, ingested_at);
-        Self { event, ingested_at, prefix }
+        let details_json = serde_json::to_vec(&event.details).expect("a JSON map serialises");
+        Self { event, ingested_at, prefix, details_json }
     }
 
     fn key(&self) -> (Uuid, i64) {
@@ -52,6 +55,39 @@ impl PreparedEvent {
     fn log_id(&self) -> &str {
         self.event.organization_id.as_deref().unwrap_or("")
     }
+}
+
+/// Pre-serialised JSON text sent as `jsonb` in binary format (version byte 1, then the text).
+#[derive(Debug)]
+struct RawJsonb<'a>(&'a [u8]);
+
+impl postgres_types::ToSql for RawJsonb<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres_types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&[1]);
+        out.extend_from_slice(self.0);
+        Ok(postgres_types::IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    postgres_types::to_sql_checked!();
+}
+
+/// How the write transaction looks for already stored `(event_id, timestamp)` pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DuplicateCheck {
+    /// Look every caller-supplied key up before writing (needed when no unique index covers exactly
+    /// `(event_id, timestamp)`, i.e. with the hash and list partition strategies).
+    Always,
+    /// Write directly and let the primary key refuse a duplicate (SQLSTATE 23505); the batch is then retried with
+    /// [`DuplicateCheck::Always`]. Saves an index probe per event when duplicates are rare.
+    Optimistic,
 }
 
 /// What happened to one event of a batch.
@@ -113,7 +149,9 @@ pub async fn write_batch(
     client: &mut tokio_postgres::Client,
     events: &[PreparedEvent],
     earlier_ids: &mut HashMap<(Uuid, i64), i64>,
+    mode: DuplicateCheck,
 ) -> Result<BatchWrite, AuditError> {
+    let started = std::time::Instant::now();
     let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; events.len()];
 
     // Duplicates inside the batch: the first occurrence wins.
@@ -128,9 +166,13 @@ pub async fn write_batch(
     log_ids.sort_unstable();
     log_ids.dedup();
 
-    // Events whose key might already be stored: caller-supplied ids, and everything on a retry.
+    // Events whose key might already be stored: caller-supplied ids, and everything on a retry (an earlier attempt
+    // may have committed without us hearing it).
+    let retry = !earlier_ids.is_empty();
     let check: Vec<usize> = (0..events.len())
-        .filter(|&i| outcomes[i].is_none() && (events[i].event.event_id_supplied || !earlier_ids.is_empty()))
+        .filter(|&i| {
+            outcomes[i].is_none() && (retry || (mode == DuplicateCheck::Always && events[i].event.event_id_supplied))
+        })
         .collect();
     let check_ids: Vec<Uuid> = check.iter().map(|&i| events[i].event.event_id).collect();
     let check_ts: Vec<DateTime<Utc>> = check.iter().map(|&i| events[i].event.timestamp).collect();
@@ -242,7 +284,7 @@ pub async fn write_batch(
         let e = &p.event;
         let id = ids[k];
         let leaf = p.prefix.finish(id);
-        let details = postgres_types::Json(&e.details);
+        let details = RawJsonb(&p.details_json);
         let leaf_ref: &[u8] = &leaf;
         writer
             .as_mut()
@@ -274,7 +316,16 @@ pub async fn write_batch(
         earlier_ids.insert(p.key(), id);
     }
     writer.finish().await.map_err(|e| pg_error(e, "storing events"))?;
+    let copied = started.elapsed();
     tx.commit().await.map_err(|e| pg_error(e, "committing"))?;
+    tracing::debug!(
+        events = events.len(),
+        checked = check.len(),
+        until_copy_done_us = copied.as_micros() as u64,
+        total_us = started.elapsed().as_micros() as u64,
+        "write transaction committed"
+    );
+    metrics::histogram!("audit_db_write_transaction_seconds").record(started.elapsed().as_secs_f64());
     Ok(BatchWrite { outcomes: outcomes.into_iter().map(|o| o.expect("all decided")).collect() })
 }
 
@@ -286,16 +337,18 @@ pub async fn write_isolating(
     client: &mut tokio_postgres::Client,
     events: &[PreparedEvent],
     earlier_ids: &mut HashMap<(Uuid, i64), i64>,
+    mut mode: DuplicateCheck,
 ) -> Result<Vec<WriteOutcome>, AuditError> {
     let mut unique_retries = 0;
     loop {
-        match write_batch(client, events, earlier_ids).await {
+        match write_batch(client, events, earlier_ids, mode).await {
             Ok(w) => return Ok(w.outcomes),
             Err(e) if e.sqlstate.as_deref() == Some("23505") && unique_retries < 3 => {
-                // A concurrent writer stored one of these keys between our check and our COPY (only possible
-                // across organisations). The retry's check sees it.
+                // A key is stored already: by an earlier batch (optimistic mode skipped the lookup), or by a
+                // concurrent writer between our lookup and our COPY. The retry looks every key up. `earlier_ids`
+                // is kept: it only ever matches rows an attempt of ours really committed.
                 unique_retries += 1;
-                earlier_ids.clear();
+                mode = DuplicateCheck::Always;
                 continue;
             }
             Err(e) if e.class == ErrorClass::InvalidInput && e.sqlstate.is_some() => {
@@ -303,8 +356,8 @@ pub async fn write_isolating(
                     return Ok(vec![WriteOutcome::Rejected(e.message)]);
                 }
                 let mid = events.len() / 2;
-                let mut left = Box::pin(write_isolating(client, &events[..mid], earlier_ids)).await?;
-                let right = Box::pin(write_isolating(client, &events[mid..], earlier_ids)).await?;
+                let mut left = Box::pin(write_isolating(client, &events[..mid], earlier_ids, mode)).await?;
+                let right = Box::pin(write_isolating(client, &events[mid..], earlier_ids, mode)).await?;
                 left.extend(right);
                 return Ok(left);
             }
