@@ -255,3 +255,29 @@ async fn leaves_hashed_before_insert_equal_leaves_of_what_the_database_gives_bac
     assert!(report.findings.is_empty(), "{:#?}", report.findings);
     assert_eq!(report.leaves, 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_log_head_or_all_its_rows_does_not_hide_the_log_from_verify() {
+    let (db, client) = setup("integ_hidden").await;
+    client.insert_batch(events(&[Some("acme"), Some("globex")], 40)).await.unwrap();
+    let signer = NoteSigner::generate("k").unwrap();
+    let store = IntegrityStore::connect(&db.url).await.unwrap();
+    store.checkpoint(&signer, None, Utc::now()).await.unwrap();
+    let pg = sql(&db.url).await;
+    pg.batch_execute(
+        "SET session_replication_role = replica; \
+         UPDATE audit_log SET action = 'tampered' WHERE organization_id = 'globex' AND seq = 3; \
+         DELETE FROM audit_log_heads WHERE log_id = 'globex'; \
+         DELETE FROM audit_log WHERE organization_id = 'acme'; \
+         DELETE FROM audit_log_heads WHERE log_id = 'acme';",
+    )
+    .await
+    .unwrap();
+    let report = store.verify(&signer.verifier(), None, false, &|_| {}).await.unwrap();
+    assert!(report.findings.iter().any(|f| f.log_id == "globex"), "{:#?}", report.findings);
+    assert!(
+        report.findings.iter().any(|f| f.log_id == "acme" && f.kind == FindingKind::Missing),
+        "{:#?}",
+        report.findings
+    );
+}

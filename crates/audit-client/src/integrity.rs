@@ -185,13 +185,25 @@ impl IntegrityStore {
         Ok(Self { client: connect(url, Duration::from_secs(10), None).await? })
     }
 
-    /// Every log with its head size (`org`: only that organisation's; `Some("")`: the shared log).
+    /// Every log with its head size (`org`: only that organisation's; `Some("")`: the shared log). A log is known by
+    /// its head row, by its checkpoints, or by its rows — any one of them suffices, so deleting a head row (or all of
+    /// a log's rows) cannot hide a log from `verify`. A log without a head row gets size 0.
     pub async fn logs(&self, org: Option<&str>) -> AuditResult<Vec<(String, i64)>> {
-        let rows = match org {
-            Some(o) => self.client.query("SELECT log_id, size FROM audit_log_heads WHERE log_id = $1", &[&o]).await,
-            None => self.client.query("SELECT log_id, size FROM audit_log_heads ORDER BY log_id", &[]).await,
-        }
-        .map_err(|e| pg_error(e, "reading log heads"))?;
+        let sql = "WITH RECURSIVE orgs AS ( \
+                       (SELECT organization_id FROM audit_log WHERE organization_id IS NOT NULL \
+                        ORDER BY organization_id LIMIT 1) \
+                       UNION ALL \
+                       SELECT (SELECT a.organization_id FROM audit_log a WHERE a.organization_id > orgs.organization_id \
+                               ORDER BY a.organization_id LIMIT 1) \
+                       FROM orgs WHERE orgs.organization_id IS NOT NULL), \
+                   ids AS ( \
+                       SELECT log_id FROM audit_log_heads \
+                       UNION SELECT log_id FROM audit_checkpoints \
+                       UNION SELECT organization_id FROM orgs WHERE organization_id IS NOT NULL \
+                       UNION SELECT '' WHERE EXISTS (SELECT 1 FROM audit_log WHERE organization_id IS NULL)) \
+                   SELECT ids.log_id, coalesce(h.size, 0) FROM ids LEFT JOIN audit_log_heads h USING (log_id) \
+                   WHERE $1::text IS NULL OR ids.log_id = $1 ORDER BY ids.log_id";
+        let rows = self.client.query(sql, &[&org]).await.map_err(|e| pg_error(e, "listing logs"))?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -349,6 +361,12 @@ impl IntegrityStore {
                 }
                 None => (CompactRange::new(), 0),
             };
+            if size < from {
+                return Err(AuditError::integrity(format!(
+                    "log `{log_id}`: its head ({size}) is behind its signed checkpoint ({from}); refusing to sign (run \
+                     `audit-db verify`)"
+                )));
+            }
             if from == size {
                 out.push(SealOutcome {
                     log_id,

@@ -241,6 +241,11 @@ async fn run_with_db(config: &AuditConfig, store: &IntegrityStore, cmd: Integrit
                 }
             };
             let report = store.verify(&v, org.as_deref(), incremental, &progress).await?;
+            if let Some(o) = &org
+                && report.logs == 0
+            {
+                bail!("organisation `{o}` has no log here (no events, no head, no checkpoint): nothing to verify");
+            }
             if let Some(b) = bar {
                 b.finish_and_clear();
             }

@@ -54,7 +54,8 @@ pub struct QueryArgs {
     /// Exact event id.
     #[arg(long)]
     pub event_id: Option<uuid::Uuid>,
-    /// Earliest timestamp, inclusive: RFC 3339, or `now`, `now-30d`, `now-1h`, `now-15m`.
+    /// Earliest timestamp, inclusive: RFC 3339, or `now`, `now-30d`, `now-1h`, `now-15m` (counted from the start of
+    /// the current minute, so repeated questions share cache entries).
     #[arg(long)]
     pub from: Option<String>,
     /// Latest timestamp, inclusive (same forms as --from).
@@ -77,13 +78,16 @@ pub struct QueryArgs {
     pub format: Format,
 }
 
-/// Parses an RFC 3339 time or a `now[-N{s,m,h,d}]` expression.
+/// Parses an RFC 3339 time or a `now[-N{s,m,h,d}]` expression. `now-N…` is counted from the start of the current
+/// minute, so the same question asked by different processes within a minute is the same query (and can be answered
+/// from the shared cache); a bare `now` is exact.
 pub fn parse_time(flag: &str, s: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
     let t = s.trim();
     if let Some(rest) = t.strip_prefix("now") {
         if rest.is_empty() {
             return Ok(now);
         }
+        let now = DateTime::from_timestamp(now.timestamp() - now.timestamp().rem_euclid(60), 0).unwrap_or(now);
         let Some(amount) = rest.strip_prefix('-') else { bail!("{flag}: `{s}` should look like now-30d") };
         let (num, unit) = amount.split_at(amount.len().saturating_sub(1));
         let n: i64 = num.parse().with_context(|| format!("{flag}: `{s}` should look like now-30d"))?;
