@@ -281,3 +281,72 @@ async fn deleting_a_log_head_or_all_its_rows_does_not_hide_the_log_from_verify()
         report.findings
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_and_verify_survive_retention_dropping_old_partitions() {
+    let db = TestDb::create("integ_retention").await;
+    audit_client::run_migrations(&db.url).await.unwrap();
+    let archive = tempfile::tempdir().unwrap();
+    let config =
+        PartitionConfig { retention_days: 1000, archive_dir: Some(archive.path().to_path_buf()), ..Default::default() };
+    let pm = PartitionManager::connect(&db.url, config.clone()).await.unwrap();
+    let client = AuditClient::connect(AuditConfig::default(), &db.url, pm, NoCache, Direct).await.unwrap();
+    // Old (2019) and recent events interleaved in one organisation's log, so dropped positions are scattered.
+    let mut evs = events(&[Some("clinic")], 120);
+    for (i, e) in evs.iter_mut().enumerate() {
+        if i % 3 == 0 {
+            e["timestamp"] = json!(format!("2019-0{}-1{}T08:00:00.000001Z", 1 + i % 9, i % 10));
+        }
+    }
+    assert_eq!(client.insert_batch(evs).await.unwrap().accepted(), 120);
+    let signer = NoteSigner::generate("k").unwrap();
+    let store = IntegrityStore::connect(&db.url).await.unwrap();
+    store.checkpoint(&signer, None, Utc::now()).await.unwrap();
+
+    let retention = PartitionManager::connect(&db.url, config).await.unwrap();
+    let report = retention.retention(false).await.unwrap();
+    let dropped: usize = report.items.iter().filter(|i| i.action == audit_partition::RetentionAction::Dropped).count();
+    assert!(dropped >= 1, "{report:#?}");
+    let pg = sql(&db.url).await;
+    let left: i64 = pg.query_one("SELECT count(*) FROM audit_log", &[]).await.unwrap().get(0);
+    assert_eq!(left, 80, "the 40 events of 2019 are gone");
+
+    // The log still verifies, and its remaining events still have proofs, a pack, and a consistency proof.
+    let v = signer.verifier();
+    let clean = store.verify(&v, None, false, &|_| {}).await.unwrap();
+    assert!(clean.findings.is_empty(), "{:#?}", clean.findings);
+    let remaining: Uuid =
+        pg.query_one("SELECT event_id FROM audit_log ORDER BY seq DESC LIMIT 1", &[]).await.unwrap().get(0);
+    assert!(store.inclusion_proof(&v, remaining).await.is_ok());
+    let pack = store.export_pack(&signer, "clinic", None, None, Utc::now()).await.unwrap();
+    assert_eq!(verify_pack(&pack, Some(&v)).unwrap().events, 80);
+    client.insert_batch(events(&[Some("clinic")], 5)).await.unwrap();
+    store.checkpoint(&signer, None, Utc::now()).await.unwrap();
+    let c = store.consistency_proof(&v, "clinic", None, None).await.unwrap();
+    assert_eq!((c.old_size, c.new_size), (120, 125));
+    assert!(store.verify(&v, None, false, &|_| {}).await.unwrap().findings.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_can_seal_logs_on_an_interval() {
+    let (db, client) = setup("integ_interval").await;
+    let signer = NoteSigner::generate("k").unwrap();
+    let task = audit_client::integrity::spawn_checkpointer(
+        db.url.clone(),
+        signer.clone(),
+        std::time::Duration::from_millis(200),
+    );
+    client.insert_batch(events(&[Some("o1")], 10)).await.unwrap();
+    let store = IntegrityStore::connect(&db.url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let cps = store.checkpoints("o1").await.unwrap();
+        if cps.iter().any(|c| c.tree_size == 10) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no checkpoint of size 10 within 30 s: {cps:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    task.abort();
+    assert!(store.verify(&signer.verifier(), None, false, &|_| {}).await.unwrap().findings.is_empty());
+}

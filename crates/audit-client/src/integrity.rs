@@ -261,7 +261,13 @@ impl IntegrityStore {
 
     /// Row views of `[from, to)`: stored rows with recomputed leaves, plus pruned positions (content archived, so
     /// their stored leaf stands for both).
-    async fn row_views(&self, log_id: &str, from: i64, to: i64, progress: &dyn Fn(u64)) -> AuditResult<Vec<RowView>> {
+    async fn row_views(
+        &self,
+        log_id: &str,
+        from: i64,
+        to: i64,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> AuditResult<Vec<RowView>> {
         let mut views = Vec::new();
         let mut n = 0u64;
         self.for_each_event(log_id, from, to, |e| {
@@ -469,7 +475,7 @@ impl IntegrityStore {
         verifier: &NoteVerifier,
         org: Option<&str>,
         incremental: bool,
-        progress: &dyn Fn(u64),
+        progress: &(dyn Fn(u64) + Sync),
     ) -> AuditResult<VerifyReport> {
         let started = Instant::now();
         let mut report = VerifyReport::default();
@@ -659,4 +665,33 @@ fn note_signature(note: &str) -> Vec<u8> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
         .unwrap_or_default()
+}
+
+/// Seals every log on a fixed period (`integrity.checkpointIntervalSecs`) for as long as the returned task runs.
+/// A failed round is logged and tried again on the next tick; a log that does not check out is never signed.
+pub fn spawn_checkpointer(url: String, signer: NoteSigner, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut store: Option<IntegrityStore> = None;
+        loop {
+            tick.tick().await;
+            if store.is_none() {
+                store = IntegrityStore::connect(&url).await.map_err(|e| tracing::warn!("checkpointer: {e}")).ok();
+            }
+            let Some(s) = &store else { continue };
+            match s.checkpoint(&signer, None, Utc::now()).await {
+                Ok(sealed) => {
+                    let new = sealed.iter().filter(|o| o.new_checkpoint).count();
+                    tracing::info!(new, logs = sealed.len(), "checkpointer sealed the logs");
+                }
+                Err(e) => {
+                    tracing::warn!("checkpointer: {}", e.message);
+                    if e.class == audit_core::ErrorClass::Unavailable {
+                        store = None;
+                    }
+                }
+            }
+        }
+    })
 }

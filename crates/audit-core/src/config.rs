@@ -383,6 +383,9 @@ impl AuditConfig {
         if let Some(v) = get("AUDIT_DB_SIGNING_KEY_FILE") {
             self.integrity.signing_key_file = Some(PathBuf::from(v));
         }
+        if let Some(v) = get("AUDIT_DB_CHECKPOINT_INTERVAL_SECS") {
+            self.integrity.checkpoint_interval_secs = Some(parse_env("AUDIT_DB_CHECKPOINT_INTERVAL_SECS", &v)?);
+        }
         let mut replicas = Vec::new();
         for i in 1.. {
             match get(&format!("AUDIT_DB_READ_REPLICA_{i}")) {

@@ -33,6 +33,21 @@ pub async fn run(app: App, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let metrics = PrometheusBuilder::new().install_recorder()?;
     app.migrate().await?;
     let client = app.client().await?;
+    // Optional periodic sealing of every organisation's log.
+    let _checkpointer = match (app.config.integrity.checkpoint_interval_secs, &app.config.integrity.signing_key_file) {
+        (Some(secs), Some(key)) => {
+            let text = std::fs::read_to_string(key)?;
+            let signer = audit_core::integrity::NoteSigner::parse(text.trim())?;
+            tracing::info!(every_s = secs, "sealing every log periodically");
+            Some(audit_client::integrity::spawn_checkpointer(
+                app.url.clone(),
+                signer,
+                std::time::Duration::from_secs(secs.max(1)),
+            ))
+        }
+        (Some(_), None) => anyhow::bail!("integrity.checkpointIntervalSecs needs AUDIT_DB_SIGNING_KEY_FILE"),
+        _ => None,
+    };
     let state = Arc::new(AppState { client, metrics });
     let router = Router::new()
         .route("/v1/events", get(list_events).post(post_events))
