@@ -1,0 +1,158 @@
+//! The Markdown report (`target/bench/results.md`, and `docs/benchmarks.md` with `--update-docs`).
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::BenchArgs;
+use super::measure::{Measure, Results, markdown_table};
+
+/// What each measure does, exactly (kept next to the code that measures it).
+const METHOD: &str = r#"## What each measure does
+
+All experiments run in one process built with `--release`, against fresh databases created from `migrations/`
+(one per experiment, identical schema and partitions), with `fsync`, `synchronous_commit` and `full_page_writes`
+on. Candidate and baseline always process the *same workload rows* (`audit_server::workload`, seeded; 300
+organisations, 50k principals, 60 days, ~200-byte details). Where both sides write, they alternate round by round
+(which goes first flips each round) so that a checkpoint or a noisy neighbour hits both; a `CHECKPOINT` precedes
+each phase.
+
+| measure | candidate | baseline |
+|---|---|---|
+| `ingest_bulk_ratio_vs_copy` | `AuditClient::insert_batch` of JSON events (validation, per-organisation `seq` under head-row locks, leaf hashes, id draw, binary COPY in 10,000-event transactions, cache invalidation) through the production wiring (`App::client`: partition manager, `TieredCache` with Redis, resilience policy) | binary COPY (`BinaryCopyInWriter`) of the same rows — the same 20 columns including `id`, `seq` and a 32-byte leaf hash computed before the timed region — in 10,000-row transactions into the `copy` database |
+| `ingest_concurrent_ratio_vs_copy` | 1,000 tokio tasks, each calling `AuditClient::insert` and awaiting its durable acknowledgement before sending its next event (group commit) | binary COPY of the same rows, 10,000 per transaction |
+| `ingest_concurrent_ratio_vs_per_call_insert` | as above | the seed's way: 1,000 tasks, one plain prepared `INSERT` per transaction (autocommit) over a pool of `database.poolSize` (10) connections, for 10 s (quick) / 20 s (full); same rows with a fresh `event_id` |
+| `query_uncached_p50_ms`, `query_uncached_p99_ms` | `AuditClient::query` with `audit_core::NoCache` for the seed's four example queries (organisation + 30-day window; PHI access at a hospital in the last 30 days; failed `user_authentication` in the last hour; principal + action), 16 parameter sets each, N iterations per query after a warm-up pass | the equivalent SQL (same predicates, `ORDER BY timestamp DESC, event_id DESC LIMIT 101`) as a raw tokio-postgres prepared statement, interleaved with the candidate |
+| `query_l1_hit_p50_us` | the same queries answered from L1: `TieredCache` without Redis (`maxSizeMB` 64, `localStalenessMs` raised so a long loop stays valid), only answers with tier `l1` counted | the cache-off p50 of the same run |
+| `query_l2_hit_p50_us` | the same queries answered from Redis: `TieredCache` with Redis, L1 emptied (`clear_l1`) before every timed call, only answers with tier `l2` counted | the cache-off p50 of the same run |
+| `verify_leaves_per_sec_per_core` | `IntegrityStore::verify` (full, not incremental) over every log after `IntegrityStore::checkpoint` sealed them all: leaves ÷ wall seconds ÷ max(1, cores used by the verifying process) | the same per-leaf hashing (canonical leaf hash + Merkle root) on a sample of the same rows in memory on one core |
+| `proof_bytes` | audit path of the inclusion proof (`IntegrityStore::inclusion_proof`) of position 0 (the longest path) in the largest log, 32 bytes per hash | size of the whole `audit-db proof` JSON (with the signed checkpoint) |
+| `retention_drop_ratio_vs_delete` | `PartitionManager::retention(false)` dropping January 2018 (plan, `DETACH … CONCURRENTLY`, gzip NDJSON archive with manifest, leaf hashes kept, `DROP TABLE`, log) | `DELETE` of the same month from `bench_plain_log`, an ordinary table with the same columns, constraints, indexes and rows (audit_log refuses DELETE by trigger); VACUUM afterwards not counted. value = DELETE time ÷ drop time |
+| `retention_reader_max_block_ms` | longest query of a reader running back-to-back (organisation + 30-day window and principal + action over all partitions) that overlapped the drop | the same reader's longest query before the drop |
+| `l1_rss_ratio_vs_max_size` | resident memory (VmRSS) added by an L1 of `maxSizeMB` 64 filled with realistic pages (100 events each) until it had evicted for twice as long as it took to fill, in a fresh child process | the configured 64 MiB |
+
+Informational lines (no target): `ingest_peak_rss_mb` (VmHWM of the benchmark process after ingest),
+`query_partitions_scanned_*` (from `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)`: partitions whose scan ran, of all leaf
+partitions; the plan's partitions, pruned subplans and indexes are in `results.json`), `query_mix_hit_ratio`
+(4 tasks, 95 % reads Zipf-distributed over organisations and principals, 5 % inserts of new events that invalidate,
+production `TieredCache` with Redis).
+
+For every throughput ratio, `value = candidate ÷ baseline`; for the retention ratio, which compares times, `value =
+DELETE time ÷ drop time` (the drop's rate over the DELETE's rate). Benchmarks are not tests: nothing here is asserted
+in the test suite.
+"#;
+
+fn machine_table(m: &Value) -> String {
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "—".to_string(),
+        other => other.to_string(),
+    };
+    let pg = &m["postgres"];
+    let settings = pg["settings"]
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| format!("{k}={}", s(v))).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    let mut out = String::from("| | |\n|---|---|\n");
+    let rows = [
+        ("CPU", format!("{} × {}", s(&m["nproc"]), s(&m["cpu"]))),
+        ("memory", format!("{} GiB", s(&m["memory_gib"]))),
+        ("OS / kernel", format!("{} / {}", s(&m["os"]), s(&m["kernel"]))),
+        ("PostgreSQL", s(&pg["version"])),
+        ("PostgreSQL server", s(&pg["server"]["kind"])),
+        ("PostgreSQL settings", settings),
+        (
+            "private cluster's extra settings",
+            pg["server"]["settings"]
+                .as_array()
+                .map(|a| a.iter().map(&s).collect::<Vec<_>>().join(", "))
+                .unwrap_or_else(|| "— (DATABASE_URL server as configured)".into()),
+        ),
+        ("Redis", s(&m["redis"]["kind"])),
+        ("rustc", s(&m["rustc"])),
+        (
+            "commit",
+            format!(
+                "{}{}",
+                s(&m["git_commit"]),
+                if m["git_dirty"] == Value::Bool(true) { " (with uncommitted changes)" } else { "" }
+            ),
+        ),
+        ("run", format!("{} ({} s)", s(&m["started_at"]), s(&m["duration_s"]))),
+        ("sizes", s(&m["sizes"])),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(out, "| {k} | {} |", v.replace('|', "\\|"));
+    }
+    out
+}
+
+fn details_line(v: &Value) -> String {
+    let Some(o) = v.as_object() else { return String::new() };
+    o.iter()
+        .filter(|(_, v)| !matches!(v, Value::String(s) if s.len() > 80))
+        .map(|(k, v)| {
+            let text = match v {
+                Value::Number(n) => n.as_f64().map_or_else(|| n.to_string(), super::measure::fmt_num),
+                other => other.to_string(),
+            };
+            format!("`{k}` {text}")
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+/// The whole report.
+pub fn markdown(results: &Results, args: &BenchArgs) -> String {
+    let mode = results.mode.as_str();
+    let command = if args.quick { "cargo xtask bench --quick" } else { "cargo xtask bench" };
+    let (targeted, info): (Vec<&Measure>, Vec<&Measure>) = results.measures.iter().partition(|m| m.target.is_some());
+    let targeted: Vec<Measure> = targeted.into_iter().cloned().collect();
+    let info: Vec<Measure> = info.into_iter().cloned().collect();
+    let mut out = String::new();
+    let _ = writeln!(out, "# audit-db benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Latest run: **{mode} mode** (`{command}`), {}. {}\n",
+        results.machine["started_at"].as_str().unwrap_or("?"),
+        if mode == "quick" {
+            "This is a *quick* run (about 1M rows): the reference figures come from a full run (10M rows)."
+        } else {
+            "Full run (10M rows)."
+        }
+    );
+    let _ = writeln!(
+        out,
+        "The machine is shared: read ratios (candidate beside its same-run baseline), not absolute numbers.\n"
+    );
+    let _ = writeln!(out, "## Machine\n\n{}", machine_table(&results.machine));
+    let _ = writeln!(out, "## Results\n\n{}", markdown_table(&targeted));
+    if !info.is_empty() {
+        let _ = writeln!(out, "### Also reported\n\n{}", markdown_table(&info));
+    }
+    let _ = writeln!(out, "### Details\n");
+    for m in &results.measures {
+        let d = details_line(&m.details);
+        if !d.is_empty() {
+            let _ = writeln!(out, "- **{}**: {d}", m.name);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n## How to reproduce\n\n```sh\n# needs: Rust {}, PostgreSQL 15 server binaries (initdb, pg_ctl), redis-server (or REDIS_URL)\n\
+         cargo xtask bench --quick          # ≤ 5 min on 2 cores, ~1M rows\n\
+         cargo xtask bench                  # full: ≤ 60 min, 10M rows\n\
+         cargo xtask bench --quick --only query,retention   # some groups (or measure names)\n\
+         DATABASE_URL=postgres://… cargo xtask bench       # fresh databases on that server instead of a private cluster\n```\n\n\
+         `cargo xtask bench` re-executes itself as `cargo run --release -p xtask -- bench-run …`: the benchmark runs in\n\
+         an optimised build without changing any profile of the workspace (`bench-run` refuses a debug build). Without\n\
+         `DATABASE_URL` it starts a private PostgreSQL cluster (initdb in a temporary directory, its own port; the\n\
+         settings are listed above; durability settings stay on) and removes it at the end; Redis is `REDIS_URL`, else\n\
+         127.0.0.1:6379, else a private `redis-server --save \"\" --appendonly no` that is stopped at the end. Results go\n\
+         to `target/bench/results.json` and `target/bench/results.md`; `--update-docs` rewrites this file. Progress\n\
+         lines go to stderr.\n",
+        env!("CARGO_PKG_RUST_VERSION")
+    );
+    out.push_str(METHOD);
+    out
+}
