@@ -5,6 +5,7 @@
 //! clusters for tests that stop, crash or replicate PostgreSQL ([`cluster`]), and Redis ([`redis_url`]).
 
 pub mod cluster;
+pub mod proxy;
 
 use std::time::Duration;
 

@@ -23,8 +23,11 @@ pub enum ProxyMode {
     Refuse,
     /// Drop every current connection now, and close new ones like `Refuse` until the mode changes.
     Cut,
-    /// Accept connections and read from them, but forward and answer nothing, on new and existing connections
-    /// alike: the client sees a peer that has gone silent (what a per-attempt timeout is for).
+    /// A network that has gone silent. Connections accepted meanwhile are read but never reach the upstream, even
+    /// after the mode changes (a peer that accepted and never answers: a hung server, or a pooler waiting for a
+    /// dead backend). Connections that were open are held: nothing is read or forwarded either way, so their bytes
+    /// wait in the kernel's buffers, like packets a partition delays, and flow again, in order, once the mode
+    /// returns to `Pass` (a healed network loses nothing that TCP acknowledged).
     Blackhole,
 }
 
@@ -241,14 +244,20 @@ async fn pump(
     let mut client_open = true;
     let mut upstream_open = upstream.is_some();
     loop {
-        if rx.borrow().cuts != cuts_at_start {
+        let (cuts, mode) = {
+            let c = rx.borrow();
+            (c.cuts, c.mode)
+        };
+        if cuts != cuts_at_start {
             return Ok(()); // dropping both streams closes them
         }
         if !client_open && !upstream_open {
             return Ok(());
         }
+        // A connection with an upstream is held while blackholed; one without is read and its bytes swallowed.
+        let holding = mode == ProxyMode::Blackhole && upstream.is_some();
         tokio::select! {
-            read = client.read(&mut from_client), if client_open => {
+            read = client.read(&mut from_client), if client_open && !holding => {
                 let n = read?;
                 let forward = rx.borrow().mode != ProxyMode::Blackhole;
                 match (&mut upstream, n) {
@@ -270,7 +279,7 @@ async fn pump(
                     _ => {} // blackholed: swallow
                 }
             }
-            read = read_opt(&mut upstream, &mut from_upstream), if upstream_open => {
+            read = read_opt(&mut upstream, &mut from_upstream), if upstream_open && !holding => {
                 let n = read?;
                 if n == 0 {
                     upstream_open = false;
@@ -373,6 +382,72 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_commit_split_across_reads_is_recognised() {
+        let mut tail = Vec::new();
+        assert!(!ends_with_commit(&mut tail, b"Q\x00\x00\x00\x0aBEGIN\x00"));
+        assert!(!ends_with_commit(&mut tail, &COMMIT_QUERY[..5]));
+        assert!(ends_with_commit(&mut tail, &COMMIT_QUERY[5..]));
+        assert!(!ends_with_commit(&mut tail, b"Q\x00\x00\x00\x0bCOMMET\x00"), "only COMMIT counts");
+        assert!(tail.len() < COMMIT_QUERY.len(), "the tail stays bounded");
+    }
+
+    /// A fake PostgreSQL that answers every COMMIT simple query with CommandComplete + ReadyForQuery and counts
+    /// the COMMITs it received; anything else is echoed.
+    async fn fake_pg(commits: Arc<AtomicUsize>) -> SocketAddr {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let commits = commits.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        let reply: Vec<u8> = if &buf[..n] == COMMIT_QUERY {
+                            commits.fetch_add(1, Ordering::SeqCst);
+                            [&b"C\x00\x00\x00\x0bCOMMIT\x00"[..], READY_FOR_QUERY, b"I"].concat()
+                        } else {
+                            buf[..n].to_vec()
+                        };
+                        if s.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_armed_commit_reaches_the_server_but_its_answer_never_reaches_the_client() {
+        let received = Arc::new(AtomicUsize::new(0));
+        let proxy = TcpProxy::start(fake_pg(received.clone()).await).await;
+        let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+        // Unarmed: the COMMIT and its answer pass.
+        let answer = roundtrip_within(&mut c, COMMIT_QUERY, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(&answer[..1], b"C");
+        assert_eq!(received.load(Ordering::SeqCst), 1);
+        let mut rest = vec![0u8; READY_FOR_QUERY.len() + 1];
+        c.read_exact(&mut rest).await.unwrap();
+
+        proxy.cut_next_commits(1);
+        assert_eq!(roundtrip(&mut c, b"other").await.unwrap(), b"other", "other traffic passes while armed");
+        c.write_all(COMMIT_QUERY).await.unwrap();
+        assert!(closed_by_peer(&mut c).await, "the connection is cut after the COMMIT");
+        assert_eq!(received.load(Ordering::SeqCst), 2, "the server received the COMMIT");
+        assert_eq!(proxy.commits_cut(), 1);
+
+        // One cut only: the next connection's COMMIT is answered.
+        let mut d = TcpStream::connect(proxy.addr()).await.unwrap();
+        let answer = roundtrip_within(&mut d, COMMIT_QUERY, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(&answer[..1], b"C");
+        assert_eq!((proxy.commits_cut(), proxy.disarm_commit_cuts()), (1, 0));
+    }
+
     #[tokio::test]
     async fn modes_pass_refuse_cut_blackhole() {
         let proxy = TcpProxy::start(echo_server().await).await;
@@ -407,10 +482,17 @@ mod tests {
         }
         assert_eq!(proxy.active_connections(), 2, "blackholed connections stay open");
 
-        // Back to Pass: new connections work again.
+        // Back to Pass: new connections work again; the held bytes of the open connection flow, nothing lost; the
+        // connection accepted while blackholed stays silent.
         proxy.set_mode(ProxyMode::Pass);
         let mut fresh = TcpStream::connect(proxy.addr()).await.unwrap();
         assert_eq!(roundtrip(&mut fresh, b"again").await.unwrap(), b"again");
+        let mut held = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), existing.read_exact(&mut held)).await.unwrap().unwrap();
+        assert_eq!(&held, b"ping", "bytes held by the blackhole are delivered once it passes");
+        assert_eq!(roundtrip(&mut existing, b"after").await.unwrap(), b"after");
+        let answer = roundtrip_within(&mut silent, b"ping", quiet).await;
+        assert_eq!(answer.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut), "a silent peer stays silent");
 
         // Dropping the proxy closes its connections and its port.
         let addr = proxy.addr();

@@ -764,6 +764,7 @@ impl<P: ResiliencePolicy> QueryCache for TieredCache<P> {
         }];
         if self.l2.is_some() {
             out.push(self.redis_health());
+            out.extend(self.policy.health());
         }
         out
     }

@@ -124,6 +124,8 @@ struct Inner<P, C, R> {
     validator: Validator,
     known_months: Mutex<HashSet<i32>>,
     stats: ClientStats,
+    started: Instant,
+    last_outage_warning_ms: AtomicU64,
     acquire_timeout: Duration,
 }
 
@@ -188,22 +190,35 @@ where
         mc.custom_setup = Box::new(move |u: &str| {
             let u = u.to_string();
             Box::pin(async move {
-                let mut c = AsyncPgConnection::establish(&u).await?;
-                c.batch_execute(&format!("SET statement_timeout = {timeout_ms}"))
-                    .await
-                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-                Ok(c)
+                // Bounded: a peer that accepts TCP but never answers must not hold a pool slot forever.
+                let setup = async {
+                    let mut c = AsyncPgConnection::establish(&u).await?;
+                    c.batch_execute(&format!("SET statement_timeout = {timeout_ms}"))
+                        .await
+                        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                    Ok(c)
+                };
+                tokio::time::timeout(connect_timeout, setup).await.unwrap_or_else(|_| {
+                    Err(diesel::ConnectionError::BadConnection(format!(
+                        "no answer from the database within {} ms",
+                        connect_timeout.as_millis()
+                    )))
+                })
             })
         });
+        // `retry_connection(false)`: a refused connection is reported at once (the resilience policy decides about
+        // retrying) instead of bb8 silently retrying until the checkout times out.
         let read_pool = bb8::Pool::builder()
             .max_size(config.database.pool_size)
             .connection_timeout(connect_timeout)
+            .retry_connection(false)
             .build(AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, mc))
             .await
             .map_err(|e| AuditError::unavailable(format!("building the read pool: {e}")))?;
         let write_pool = bb8::Pool::builder()
             .max_size(4)
             .connection_timeout(connect_timeout)
+            .retry_connection(false)
             .build(PgClientManager::new(url, connect_timeout, Some(statement_timeout)))
             .await
             .map_err(|e| pool_error(bb8::RunError::User(e), connect_timeout))?;
@@ -222,6 +237,8 @@ where
             validator,
             known_months: Mutex::new(HashSet::new()),
             stats: ClientStats::default(),
+            started: Instant::now(),
+            last_outage_warning_ms: AtomicU64::new(0),
             acquire_timeout: connect_timeout,
             config,
         });
@@ -539,6 +556,36 @@ where
         }
     }
 
+    /// [`Self::ensure_partitions`], waiting out an unavailable database like the write itself does.
+    async fn ensure_partitions_patiently(&self, events: &[PreparedEvent]) -> AuditResult<()> {
+        let patience = Duration::from_millis(self.config.ingest.outage_patience_ms);
+        let started = Instant::now();
+        loop {
+            match self.ensure_partitions(events, false).await {
+                Err(e) if e.class == audit_core::ErrorClass::Unavailable && started.elapsed() < patience => {
+                    self.warn_outage(&e, events.len());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Says, at most every 5 s, that writes are waiting for the database — operators (and `audit-db ingest`'s
+    /// output) must see a pause, not a silent stall.
+    fn warn_outage(&self, e: &AuditError, events: usize) {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let last = self.last_outage_warning_ms.load(Ordering::Relaxed);
+        if (last == 0 || now_ms.saturating_sub(last) >= 5_000)
+            && self
+                .last_outage_warning_ms
+                .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(events, "database unavailable; holding the batch and retrying: {}", e.message);
+        }
+    }
+
     /// Makes sure partitions exist for every month of the batch not seen before.
     async fn ensure_partitions(&self, events: &[PreparedEvent], force: bool) -> AuditResult<()> {
         let mut wanted: Vec<DateTime<Utc>> = Vec::new();
@@ -563,7 +610,7 @@ where
 
     /// Stores a batch: partitions, one transaction under the resilience policy, cache invalidation, counters.
     async fn store(self: &Arc<Self>, events: Vec<PreparedEvent>) -> AuditResult<Vec<WriteOutcome>> {
-        self.ensure_partitions(&events, false).await?;
+        self.ensure_partitions_patiently(&events).await?;
         let events = Arc::new(events);
         let earlier = Arc::new(tokio::sync::Mutex::new(HashMap::new()));
         let mut attempt = self.store_patiently(&events, &earlier).await;
@@ -620,15 +667,8 @@ where
         loop {
             match self.store_once(events, earlier).await {
                 Err(e) if e.class == audit_core::ErrorClass::Unavailable && started.elapsed() < patience => {
-                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                        tracing::warn!(
-                            events = events.len(),
-                            waited_s = started.elapsed().as_secs(),
-                            "database unavailable; holding the batch and retrying: {}",
-                            e.message
-                        );
-                        last_log = Some(Instant::now());
-                    }
+                    self.warn_outage(&e, events.len());
+                    last_log.get_or_insert_with(Instant::now);
                     metrics::counter!("audit_db_write_waits_total").increment(1);
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(1));
@@ -656,9 +696,19 @@ where
             .execute(move || {
                 let (inner, events, earlier) = (me.clone(), events.clone(), earlier.clone());
                 async move {
-                    let mut conn = inner.write_pool.get().await.map_err(|e| pool_error(e, inner.acquire_timeout))?;
-                    let mut earlier = earlier.lock().await;
-                    write_isolating(&mut conn, &events, &mut earlier, inner.duplicate_check()).await
+                    let result = async {
+                        let mut conn =
+                            inner.write_pool.get().await.map_err(|e| pool_error(e, inner.acquire_timeout))?;
+                        let mut earlier = earlier.lock().await;
+                        write_isolating(&mut conn, &events, &mut earlier, inner.duplicate_check()).await
+                    }
+                    .await;
+                    if let Err(e) = &result
+                        && e.class == audit_core::ErrorClass::Unavailable
+                    {
+                        inner.warn_outage(e, events.len());
+                    }
+                    result
                 }
             })
             .await

@@ -33,7 +33,9 @@ pub fn diesel_error(e: diesel::result::Error, what: &str) -> AuditError {
                 DatabaseErrorKind::SerializationFailure => ErrorClass::Transient,
                 DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand => ErrorClass::Unavailable,
                 DatabaseErrorKind::ReadOnlyTransaction => ErrorClass::Unavailable,
-                _ => ErrorClass::Permanent,
+                // diesel-async reports most SQLSTATEs as `Unknown` without the code: recover the class of the ones
+                // that mean the server is unhealthy or did not answer in time from PostgreSQL's fixed messages.
+                _ => unavailable_by_message(info.message()).unwrap_or(ErrorClass::Permanent),
             };
             AuditError::new(class, format!("{what}: {}", info.message())).with_component("primary")
         }
@@ -43,6 +45,24 @@ pub fn diesel_error(e: diesel::result::Error, what: &str) -> AuditError {
         }
         other => AuditError::new(ErrorClass::Permanent, format!("{what}: {other}")).with_component("primary"),
     }
+}
+
+/// Classes of server messages whose SQLSTATE diesel-async drops (57014 statement timeout or cancel, 57P01–57P03
+/// shutdown or startup, 53xxx resources, closed connections).
+fn unavailable_by_message(message: &str) -> Option<ErrorClass> {
+    const UNAVAILABLE: [&str; 9] = [
+        "canceling statement due to statement timeout",
+        "canceling statement due to user request",
+        "terminating connection due to administrator command",
+        "the database system is shutting down",
+        "the database system is starting up",
+        "the database system is in recovery mode",
+        "sorry, too many clients already",
+        "connection closed",
+        "server closed the connection",
+    ];
+    let m = message.to_ascii_lowercase();
+    UNAVAILABLE.iter().any(|u| m.contains(u)).then_some(ErrorClass::Unavailable)
 }
 
 /// Connects a tokio-postgres client and drives its connection on a background task. `statement_timeout` makes the
@@ -157,5 +177,23 @@ pub fn read_pool_error(e: bb8::RunError<diesel_async::pooled_connection::PoolErr
             waited.as_millis()
         ))
         .with_component("primary"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_trouble_reported_without_a_sqlstate_is_unavailable() {
+        assert_eq!(
+            unavailable_by_message("canceling statement due to statement timeout"),
+            Some(ErrorClass::Unavailable)
+        );
+        assert_eq!(
+            unavailable_by_message("FATAL: the database system is shutting down"),
+            Some(ErrorClass::Unavailable)
+        );
+        assert_eq!(unavailable_by_message("syntax error at or near \"x\""), None);
     }
 }
