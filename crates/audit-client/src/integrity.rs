@@ -18,10 +18,8 @@ use uuid::Uuid;
 
 use crate::pg::{connect, pg_error};
 
-/// Columns read for a full event, in the order [`row_to_event`] expects.
-const EVENT_COLUMNS: &str = "id, event_id, \"timestamp\", ingested_at, action, status, principal_id, organization_id, \
-    target_resource_type, target_resource_id, outcome_description, correlation_id, data_classification, \
-    retention_policy, event_version, ttl, processing_latency, details, seq, leaf_hash";
+/// Columns read for a full event, in the order [`row_to_event`] expects (the write path's column list).
+use crate::writer::EVENT_COLUMNS;
 
 /// `organization_id = $1`, or `IS NULL` for the shared log (`IS NOT DISTINCT FROM` cannot use an index).
 fn log_predicate(log_id: &str) -> &'static str {

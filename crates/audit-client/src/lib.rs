@@ -18,4 +18,4 @@ pub use client::{
     Ack, AuditClient, BatchItem, BatchReport, HealthReport, QueryAnswer, Transaction, check_reachable, redact,
 };
 pub use migrate::{MIGRATIONS, revert_last, run_migrations};
-pub use writer::{PreparedEvent, WriteOutcome};
+pub use writer::{COPY_TYPES, EVENT_COLUMNS, PreparedEvent, WriteOutcome};

@@ -106,13 +106,18 @@ pub enum WriteOutcome {
     Rejected(String),
 }
 
-/// The columns COPY writes, in order, with their types.
-const COPY_SQL: &str = "COPY audit_log (id, event_id, \"timestamp\", ingested_at, action, status, principal_id, \
+/// Every column of `audit_log`, in [`audit_core::event::STORED_FIELDS`] order: what COPY writes and what the
+/// integrity reader selects.
+pub const EVENT_COLUMNS: &str = "id, event_id, \"timestamp\", ingested_at, action, status, principal_id, \
      organization_id, target_resource_type, target_resource_id, outcome_description, correlation_id, \
-     data_classification, retention_policy, event_version, ttl, processing_latency, details, seq, leaf_hash) \
-     FROM STDIN (FORMAT binary)";
+     data_classification, retention_policy, event_version, ttl, processing_latency, details, seq, leaf_hash";
 
-const COPY_TYPES: [Type; 20] = [
+/// The binary COPY statement of the write path.
+static COPY_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("COPY audit_log ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)"));
+
+/// The types of [`EVENT_COLUMNS`], in order, for binary COPY.
+pub const COPY_TYPES: [Type; 20] = [
     Type::INT8,
     Type::UUID,
     Type::TIMESTAMPTZ,
@@ -276,7 +281,7 @@ pub async fn write_batch(
     advanced.map_err(|e| pg_error(e, "advancing integrity log heads"))?;
     let ids: Vec<i64> = ids.map_err(|e| pg_error(e, "drawing row ids"))?.iter().map(|r| r.get::<_, i64>(0)).collect();
 
-    let sink = tx.copy_in(COPY_SQL).await.map_err(|e| pg_error(e, "starting COPY"))?;
+    let sink = tx.copy_in(COPY_SQL.as_str()).await.map_err(|e| pg_error(e, "starting COPY"))?;
     let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
     pin_mut!(writer);
     for (k, &i) in to_write.iter().enumerate() {

@@ -146,6 +146,31 @@ pub fn format_timestamp(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
+/// The fields of a stored event's JSON form ([`StoredEvent::to_json`]), in the order columns are listed everywhere
+/// (COPY, CSV output, evidence packs).
+pub const STORED_FIELDS: [&str; 20] = [
+    "id",
+    "event_id",
+    "timestamp",
+    "ingested_at",
+    "action",
+    "status",
+    "principal_id",
+    "organization_id",
+    "target_resource_type",
+    "target_resource_id",
+    "outcome_description",
+    "correlation_id",
+    "data_classification",
+    "retention_policy",
+    "event_version",
+    "ttl",
+    "processing_latency",
+    "details",
+    "seq",
+    "leaf_hash",
+];
+
 impl StoredEvent {
     /// The event as one JSON object with the seed's snake_case field names plus the stored extras; this is the
     /// NDJSON row format of `audit-db query` and of evidence packs.

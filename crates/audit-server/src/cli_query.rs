@@ -185,28 +185,7 @@ pub fn write_events(out: &mut impl Write, format: Format, events: &[StoredEvent]
             }
         }
         Format::Csv => {
-            const COLS: [&str; 20] = [
-                "id",
-                "event_id",
-                "timestamp",
-                "ingested_at",
-                "action",
-                "status",
-                "principal_id",
-                "organization_id",
-                "target_resource_type",
-                "target_resource_id",
-                "outcome_description",
-                "correlation_id",
-                "data_classification",
-                "retention_policy",
-                "event_version",
-                "ttl",
-                "processing_latency",
-                "details",
-                "seq",
-                "leaf_hash",
-            ];
+            const COLS: [&str; 20] = audit_core::event::STORED_FIELDS;
             writeln!(out, "{}", COLS.join(","))?;
             for e in events {
                 let j = e.to_json();

@@ -11,37 +11,10 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{Json, ToSql, Type};
+use tokio_postgres::types::{Json, ToSql};
 
-/// The column list of audit-client's COPY (`crates/audit-client/src/writer.rs`), so the baseline writes exactly the
-/// same columns.
-pub const COLUMNS: &str = "id, event_id, \"timestamp\", ingested_at, action, status, principal_id, organization_id, \
-     target_resource_type, target_resource_id, outcome_description, correlation_id, data_classification, \
-     retention_policy, event_version, ttl, processing_latency, details, seq, leaf_hash";
-
-/// Their types, in order (as in audit-client's writer).
-pub const TYPES: [Type; 20] = [
-    Type::INT8,
-    Type::UUID,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::INT4,
-    Type::JSONB,
-    Type::INT8,
-    Type::BYTEA,
-];
+/// The column list and types of audit-client's COPY, so the baseline writes exactly the same columns.
+pub use audit_client::{COPY_TYPES as TYPES, EVENT_COLUMNS as COLUMNS};
 
 /// One row ready to write.
 #[derive(Debug, Clone)]

@@ -386,29 +386,7 @@ fn parse_hash(h: &str) -> Result<Hash, IntegrityError> {
 pub fn event_from_json(v: &Value) -> Result<StoredEvent, IntegrityError> {
     let bad = |field: &str, why: &str| IntegrityError::MalformedEvent(format!("{field}: {why}"));
     let obj = v.as_object().ok_or_else(|| bad("event", "not a JSON object"))?;
-    const FIELDS: [&str; 20] = [
-        "id",
-        "event_id",
-        "timestamp",
-        "ingested_at",
-        "action",
-        "status",
-        "principal_id",
-        "organization_id",
-        "target_resource_type",
-        "target_resource_id",
-        "outcome_description",
-        "correlation_id",
-        "data_classification",
-        "retention_policy",
-        "event_version",
-        "ttl",
-        "processing_latency",
-        "details",
-        "seq",
-        "leaf_hash",
-    ];
-    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+    if let Some(k) = obj.keys().find(|k| !crate::event::STORED_FIELDS.contains(&k.as_str())) {
         return Err(bad(k, "unknown field"));
     }
     let get = |f: &str| obj.get(f).ok_or_else(|| bad(f, "missing"));
