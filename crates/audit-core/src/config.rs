@@ -404,6 +404,13 @@ impl AuditConfig {
         if self.database.pool_size == 0 {
             return Err(cfg_err("database.poolSize", "must be at least 1"));
         }
+        if self.database.ssl {
+            return Err(cfg_err(
+                "database.ssl",
+                "TLS to PostgreSQL is not built yet; connect over a private network or through a TLS-terminating \
+                 proxy, and leave this off (AUDIT_DB_SSL=false)",
+            ));
+        }
         if self.database.max_connection_attempts == 0 {
             return Err(cfg_err("database.maxConnectionAttempts", "must be at least 1"));
         }
@@ -458,6 +465,8 @@ mod tests {
         assert_eq!(e.key, "AUDIT_DB_POOL_SIZE");
         let e = AuditConfig::load(Some("[cache]\nmaxSizeMb = 5\n"), |_| None).unwrap_err();
         assert!(e.to_string().contains("maxSizeMb"), "{e}");
+        let e = AuditConfig::load(None, |k| (k == "AUDIT_DB_SSL").then(|| "true".into())).unwrap_err();
+        assert_eq!(e.key, "database.ssl", "TLS is refused rather than silently ignored");
         let e = AuditConfig::load(None, |k| (k == "AUDIT_DB_PARTITION_INTERVAL").then(|| "weekly".into())).unwrap_err();
         assert_eq!(e.key, "AUDIT_DB_PARTITION_INTERVAL");
     }

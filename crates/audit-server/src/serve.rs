@@ -48,6 +48,14 @@ pub async fn run(app: App, args: ServeArgs) -> anyhow::Result<ExitCode> {
         (Some(_), None) => anyhow::bail!("integrity.checkpointIntervalSecs needs AUDIT_DB_SIGNING_KEY_FILE"),
         _ => None,
     };
+    // Optional background partition maintenance (premake + retention + analysis under the advisory lock).
+    let _maintenance = if app.config.partition.auto_maintenance {
+        let every = std::time::Duration::from_millis(app.config.partition.maintenance_interval.max(1_000));
+        tracing::info!(every_s = every.as_secs(), "partition maintenance runs in the background");
+        Some(Arc::new(app.partitions().await?).spawn_maintenance(every))
+    } else {
+        None
+    };
     let state = Arc::new(AppState { client, metrics });
     let router = Router::new()
         .route("/v1/events", get(list_events).post(post_events))
