@@ -48,6 +48,11 @@ pub fn with_database(url: &str, database: &str) -> String {
     format!("{url} dbname={database}")
 }
 
+/// A plain SQL connection to `url` for a test's own checks (row counts, catalog queries, tampering as a superuser).
+pub async fn sql(url: &str) -> tokio_postgres::Client {
+    connect(url).await.unwrap_or_else(|e| panic!("connecting to {url}: {e:#}"))
+}
+
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let mut config: tokio_postgres::Config = url.parse().with_context(|| format!("parsing {url}"))?;
     config.connect_timeout(Duration::from_secs(10));

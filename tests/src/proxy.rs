@@ -337,6 +337,33 @@ async fn read_opt(stream: &mut Option<TcpStream>, buf: &mut [u8]) -> io::Result<
     }
 }
 
+/// The address a URL's server listens on (first host, TCP).
+pub async fn server_addr(url: &str) -> std::net::SocketAddr {
+    let cfg: tokio_postgres::Config = url.parse().expect("a valid URL");
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        other => panic!("the tests need a TCP database URL, got {other:?}"),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    tokio::net::lookup_host((host.as_str(), port)).await.expect("resolve").next().expect("an address")
+}
+
+/// `url` with its server replaced by the proxy (same user, password and database).
+pub fn through(url: &str, proxy: &TcpProxy) -> String {
+    let cfg: tokio_postgres::Config = url.parse().expect("a valid URL");
+    let mut out = format!(
+        "host={} port={} user={} dbname={}",
+        proxy.addr().ip(),
+        proxy.addr().port(),
+        cfg.get_user().unwrap_or("postgres"),
+        cfg.get_dbname().unwrap_or("postgres")
+    );
+    if let Some(p) = cfg.get_password() {
+        out.push_str(&format!(" password='{}'", String::from_utf8_lossy(p).replace('\'', "\\'")));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use audit_client::{Ack, AuditClient, BatchItem};
 use audit_core::config::{AuditConfig, PartitionConfig};
 use audit_core::{Direct, EventFilter, NoCache, Status, StoredEvent};
 use audit_partition::PartitionManager;
-use audit_tests::TestDb;
+use audit_tests::{TestDb, sql};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -27,12 +27,6 @@ async fn client_for(url: &str) -> Client {
     let pm = PartitionManager::connect(url, PartitionConfig::default()).await.expect("partition manager");
     pm.premake().await.expect("premake");
     AuditClient::connect(AuditConfig::default(), url, pm, NoCache, Direct).await.expect("client connects")
-}
-
-async fn sql(url: &str) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(conn);
-    c
 }
 
 fn ts(t: DateTime<Utc>) -> String {

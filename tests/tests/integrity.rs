@@ -9,7 +9,7 @@ use audit_core::config::{AuditConfig, PartitionConfig};
 use audit_core::integrity::{FindingKind, NoteSigner, verify_inclusion, verify_pack};
 use audit_core::{Direct, NoCache};
 use audit_partition::PartitionManager;
-use audit_tests::TestDb;
+use audit_tests::{TestDb, sql};
 use chrono::{Duration, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -20,12 +20,6 @@ async fn setup(prefix: &str) -> (TestDb, AuditClient<PartitionManager>) {
     let pm = PartitionManager::connect(&db.url, PartitionConfig::default()).await.unwrap();
     let client = AuditClient::connect(AuditConfig::default(), &db.url, pm, NoCache, Direct).await.unwrap();
     (db, client)
-}
-
-async fn sql(url: &str) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    c
 }
 
 fn events(orgs: &[Option<&str>], n: usize) -> Vec<Value> {

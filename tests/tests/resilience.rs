@@ -5,55 +5,22 @@
 //! failures under audit-resilience's `Policy` are in `crates/audit-server/tests/cli_resilience.rs`.
 
 use audit_tests::proxy;
+use audit_tests::proxy::{server_addr, through};
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use audit_client::{Ack, AuditClient, BatchItem};
 use audit_core::config::{AuditConfig, PartitionConfig};
 use audit_core::{Direct, ErrorClass, EventFilter, NoCache};
 use audit_partition::PartitionManager;
-use audit_tests::TestDb;
+use audit_tests::{TestDb, sql};
 use chrono::{SecondsFormat, Utc};
 use proxy::TcpProxy;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 type Client = AuditClient<PartitionManager, NoCache, Direct>;
-
-async fn sql(url: &str) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(conn);
-    c
-}
-
-/// The address a URL's server listens on (first host, TCP).
-async fn server_addr(url: &str) -> SocketAddr {
-    let cfg: tokio_postgres::Config = url.parse().expect("a valid URL");
-    let host = match cfg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        other => panic!("the tests need a TCP database URL, got {other:?}"),
-    };
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    tokio::net::lookup_host((host.as_str(), port)).await.expect("resolve").next().expect("an address")
-}
-
-/// `url` with its server replaced by the proxy (same user, password and database).
-fn through(url: &str, proxy: &TcpProxy) -> String {
-    let cfg: tokio_postgres::Config = url.parse().expect("a valid URL");
-    let mut out = format!(
-        "host={} port={} user={} dbname={}",
-        proxy.addr().ip(),
-        proxy.addr().port(),
-        cfg.get_user().unwrap_or("postgres"),
-        cfg.get_dbname().unwrap_or("postgres")
-    );
-    if let Some(p) = cfg.get_password() {
-        out.push_str(&format!(" password='{}'", String::from_utf8_lossy(p).replace('\'', "\\'")));
-    }
-    out
-}
 
 /// Migrates `db` directly, then connects a client to `client_url` (which may go through a proxy).
 async fn client(db: &TestDb, client_url: &str, config: AuditConfig) -> Client {

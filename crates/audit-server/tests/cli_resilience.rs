@@ -7,10 +7,10 @@
 //! when it fails.
 
 use audit_tests::proxy;
+use audit_tests::proxy::{server_addr, through};
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -21,8 +21,8 @@ use audit_core::config::AuditConfig;
 use audit_core::{CacheTier, ErrorClass, EventFilter, HealthState, NoCache};
 use audit_partition::PartitionManager;
 use audit_resilience::{BreakerRegistry, BreakerState, Policy, RetryPolicy, names};
-use audit_tests::TestDb;
 use audit_tests::cluster::start_private_cluster;
+use audit_tests::{TestDb, sql};
 use chrono::{SecondsFormat, Utc};
 use proxy::{ProxyMode, TcpProxy};
 use serde_json::{Value, json};
@@ -33,39 +33,6 @@ type PolicyClient = AuditClient<PartitionManager, NoCache, Policy>;
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------------------------
-
-async fn sql(url: &str) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(conn);
-    c
-}
-
-/// The address a URL's server listens on (first host, TCP).
-async fn server_addr(url: &str) -> SocketAddr {
-    let cfg: tokio_postgres::Config = url.parse().expect("a valid URL");
-    let host = match cfg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        other => panic!("the tests need a TCP database URL, got {other:?}"),
-    };
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    tokio::net::lookup_host((host.as_str(), port)).await.expect("resolve").next().expect("an address")
-}
-
-/// `url` with its server replaced by the proxy (same user, password and database).
-fn through(url: &str, proxy: &TcpProxy) -> String {
-    let cfg: tokio_postgres::Config = url.parse().expect("a valid URL");
-    let mut out = format!(
-        "host={} port={} user={} dbname={}",
-        proxy.addr().ip(),
-        proxy.addr().port(),
-        cfg.get_user().unwrap_or("postgres"),
-        cfg.get_dbname().unwrap_or("postgres")
-    );
-    if let Some(p) = cfg.get_password() {
-        out.push_str(&format!(" password='{}'", String::from_utf8_lossy(p).replace('\'', "\\'")));
-    }
-    out
-}
 
 /// `n` events over seven organisations, every other one without an `event_id` (the client assigns one).
 fn events(n: usize, tag: &str) -> Vec<Value> {
