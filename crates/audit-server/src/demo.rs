@@ -34,9 +34,17 @@ pub async fn run(app: App, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut dups = 0usize;
     let chunk = 10_000;
     let mut done = 0;
+    // A principal that really accessed patient data, for the "principal + action" example.
+    let mut sample_principal: Option<String> = None;
     while done < args.events {
         let n = chunk.min(args.events - done);
         let events: Vec<serde_json::Value> = workload.by_ref().take(n).collect();
+        if sample_principal.is_none() {
+            sample_principal = events
+                .iter()
+                .find(|e| e["action"] == "patient_data_access")
+                .and_then(|e| e["principal_id"].as_str().map(str::to_string));
+        }
         let report = client.insert_batch(events).await?;
         stored += report.accepted();
         dups += report.duplicates();
@@ -54,6 +62,7 @@ pub async fn run(app: App, args: DemoArgs) -> anyhow::Result<ExitCode> {
         stored as f64 / secs
     );
 
+    let principal = sample_principal.unwrap_or_else(|| "user_00042".to_string());
     let hospital = organization(0);
     let bank = organization(1);
     let examples: Vec<(&str, EventFilter)> = vec![
@@ -86,9 +95,9 @@ pub async fn run(app: App, args: DemoArgs) -> anyhow::Result<ExitCode> {
             f
         }),
         (
-            "patient data accessed by user_00042",
+            "patient data accessed by {principal}",
             EventFilter {
-                principal_id: Some("user_00042".into()),
+                principal_id: Some(principal.clone()),
                 actions: vec!["patient_data_access".into()],
                 ..Default::default()
             },
@@ -104,7 +113,7 @@ pub async fn run(app: App, args: DemoArgs) -> anyhow::Result<ExitCode> {
     ];
     println!("\nthe seed's example queries (first page of 100, newest first; then the same query again):");
     for (title, filter) in examples {
-        let title = title.replace("{org}", &hospital).replace("{bank}", &bank);
+        let title = title.replace("{org}", &hospital).replace("{bank}", &bank).replace("{principal}", &principal);
         let total = client.count(&filter).await?;
         let t = Instant::now();
         let first = client.query(&filter).await?;
