@@ -53,6 +53,22 @@ pub async fn sql(url: &str) -> tokio_postgres::Client {
     connect(url).await.unwrap_or_else(|e| panic!("connecting to {url}: {e:#}"))
 }
 
+/// Every row once, and every organisation's `seq` exactly `0..n`.
+pub async fn assert_exactly_once_and_gap_free(pg: &tokio_postgres::Client, expected: i64) {
+    let row = pg.query_one("SELECT count(*), count(DISTINCT event_id) FROM audit_log", &[]).await.unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (expected, expected), "rows, distinct event ids");
+    let bad: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM (SELECT organization_id, count(*) n, count(DISTINCT seq) d, min(seq) lo, \
+             max(seq) hi FROM audit_log GROUP BY organization_id) s WHERE n <> d OR lo <> 0 OR hi <> n - 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(bad, 0, "an organisation's seq has a gap or a repeat");
+}
+
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let mut config: tokio_postgres::Config = url.parse().with_context(|| format!("parsing {url}"))?;
     config.connect_timeout(Duration::from_secs(10));

@@ -14,7 +14,7 @@ use audit_client::{Ack, AuditClient, BatchItem};
 use audit_core::config::{AuditConfig, PartitionConfig};
 use audit_core::{Direct, ErrorClass, EventFilter, NoCache};
 use audit_partition::PartitionManager;
-use audit_tests::{TestDb, sql};
+use audit_tests::{TestDb, assert_exactly_once_and_gap_free, sql};
 use chrono::{SecondsFormat, Utc};
 use proxy::TcpProxy;
 use serde_json::{Value, json};
@@ -46,22 +46,6 @@ fn events(n: usize, tag: &str) -> Vec<Value> {
             e
         })
         .collect()
-}
-
-/// Every row once, and every organisation's `seq` exactly `0..n`.
-async fn assert_exactly_once_and_gap_free(pg: &tokio_postgres::Client, expected: i64) {
-    let row = pg.query_one("SELECT count(*), count(DISTINCT event_id) FROM audit_log", &[]).await.unwrap();
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (expected, expected), "rows, distinct event ids");
-    let bad: i64 = pg
-        .query_one(
-            "SELECT count(*) FROM (SELECT organization_id, count(*) n, count(DISTINCT seq) d, min(seq) lo, \
-             max(seq) hi FROM audit_log GROUP BY organization_id) s WHERE n <> d OR lo <> 0 OR hi <> n - 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(bad, 0, "an organisation's seq has a gap or a repeat");
 }
 
 /// Each `Stored` ack names the row that really holds its event (id and seq).

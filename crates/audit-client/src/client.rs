@@ -1,6 +1,7 @@
 //! `AuditClient`: the one entry type applications use.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use uuid::Uuid;
 use crate::batcher::GroupCommitter;
 use crate::pg::{PgClientManager, pool_error, read_pool_error};
 use crate::reader;
-use crate::writer::{DuplicateCheck, PreparedEvent, WriteOutcome, write_batch, write_isolating};
+use crate::writer::{Atomicity, DuplicateCheck, PreparedEvent, WriteOutcome, write_isolating};
 
 /// The acknowledgement of one stored event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -249,7 +250,7 @@ where
             inner.config.ingest.queue_capacity,
             move |events| {
                 let inner = flush_inner.clone();
-                async move { inner.store(events).await }
+                async move { inner.store(events, Atomicity::PerEvent).await }
             },
         );
         Ok(Self { inner, committer })
@@ -335,7 +336,7 @@ where
                 pending.await.map_err(|e| AuditError::permanent(format!("preparing events failed: {e}")))?;
             next = chunks.next().map(prepare);
             let ids: Vec<Uuid> = prepared.iter().map(|p| p.event.event_id).collect();
-            let outcomes = self.inner.store(prepared).await?;
+            let outcomes = self.inner.store(prepared, Atomicity::PerEvent).await?;
             for ((i, event_id), o) in idx.into_iter().zip(ids).zip(outcomes) {
                 items[i] = Some(match o {
                     WriteOutcome::Stored { id, seq } => BatchItem::Ok(Ack::Stored { event_id, id, seq }),
@@ -556,17 +557,41 @@ where
         }
     }
 
-    /// [`Self::ensure_partitions`], waiting out an unavailable database like the write itself does.
-    async fn ensure_partitions_patiently(&self, events: &[PreparedEvent]) -> AuditResult<()> {
-        let patience = Duration::from_millis(self.config.ingest.outage_patience_ms);
+    /// Runs `op` again while the database is unavailable, up to `ingest.outagePatienceMs`, saying so (see
+    /// [`Self::warn_outage`]) and saying when it is back. Writes wait here instead of failing their callers; the
+    /// events stay in memory (bounded by the insert queue). Only safe for operations that may be repeated.
+    async fn patiently<T, F, Fut>(&self, atomicity: Atomicity, events: usize, mut op: F) -> AuditResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = AuditResult<T>>,
+    {
+        // A transaction is its caller's unit of work: an outage is reported to the caller at once (only the
+        // resilience policy retries it), as the caller may hold other state that depends on the outcome.
+        let patience = match atomicity {
+            Atomicity::PerEvent => Duration::from_millis(self.config.ingest.outage_patience_ms),
+            Atomicity::AllOrNothing => Duration::ZERO,
+        };
         let started = Instant::now();
+        let mut waited = false;
+        let mut pause = Duration::from_millis(100);
         loop {
-            match self.ensure_partitions(events, false).await {
+            match op().await {
                 Err(e) if e.class == audit_core::ErrorClass::Unavailable && started.elapsed() < patience => {
-                    self.warn_outage(&e, events.len());
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    self.warn_outage(&e, events);
+                    waited = true;
+                    metrics::counter!("audit_db_write_waits_total").increment(1);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
                 }
-                other => return other,
+                other => {
+                    if waited && other.is_ok() {
+                        tracing::info!(
+                            waited_s = format!("{:.1}", started.elapsed().as_secs_f64()),
+                            "database available again; batch stored"
+                        );
+                    }
+                    return other;
+                }
             }
         }
     }
@@ -609,11 +634,16 @@ where
     }
 
     /// Stores a batch: partitions, one transaction under the resilience policy, cache invalidation, counters.
-    async fn store(self: &Arc<Self>, events: Vec<PreparedEvent>) -> AuditResult<Vec<WriteOutcome>> {
-        self.ensure_partitions_patiently(&events).await?;
+    async fn store(
+        self: &Arc<Self>,
+        events: Vec<PreparedEvent>,
+        atomicity: Atomicity,
+    ) -> AuditResult<Vec<WriteOutcome>> {
+        let n = events.len();
+        self.patiently(atomicity, n, || self.ensure_partitions(&events, false)).await?;
         let events = Arc::new(events);
         let earlier = Arc::new(tokio::sync::Mutex::new(HashMap::new()));
-        let mut attempt = self.store_patiently(&events, &earlier).await;
+        let mut attempt = self.patiently(atomicity, n, || self.store_once(&events, &earlier, atomicity)).await;
         if let Err(e) = &attempt
             && e.sqlstate.as_deref() == Some("23514")
             && e.message.contains("no partition")
@@ -621,7 +651,7 @@ where
             // A partition we believed in is gone (dropped by retention or by hand): re-check all and retry.
             self.partitions.forget_known();
             self.ensure_partitions(&events, true).await?;
-            attempt = self.store_patiently(&events, &earlier).await;
+            attempt = self.patiently(atomicity, n, || self.store_once(&events, &earlier, atomicity)).await;
         }
         let outcomes = attempt?;
         self.stats.write_transactions.fetch_add(1, Ordering::Relaxed);
@@ -653,43 +683,11 @@ where
         Ok(outcomes)
     }
 
-    /// Retries a batch while the database is unavailable, up to `ingest.outagePatienceMs`, logging the pause and
-    /// the recovery. Safe because `earlier` remembers what an ambiguous attempt may have committed.
-    async fn store_patiently(
-        self: &Arc<Self>,
-        events: &Arc<Vec<PreparedEvent>>,
-        earlier: &Earlier,
-    ) -> AuditResult<Vec<WriteOutcome>> {
-        let patience = Duration::from_millis(self.config.ingest.outage_patience_ms);
-        let started = Instant::now();
-        let mut last_log: Option<Instant> = None;
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match self.store_once(events, earlier).await {
-                Err(e) if e.class == audit_core::ErrorClass::Unavailable && started.elapsed() < patience => {
-                    self.warn_outage(&e, events.len());
-                    last_log.get_or_insert_with(Instant::now);
-                    metrics::counter!("audit_db_write_waits_total").increment(1);
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                other => {
-                    if last_log.is_some() && other.is_ok() {
-                        tracing::info!(
-                            waited_s = format!("{:.1}", started.elapsed().as_secs_f64()),
-                            "database available again; batch stored"
-                        );
-                    }
-                    return other;
-                }
-            }
-        }
-    }
-
     async fn store_once(
         self: &Arc<Self>,
         events: &Arc<Vec<PreparedEvent>>,
         earlier: &Earlier,
+        atomicity: Atomicity,
     ) -> AuditResult<Vec<WriteOutcome>> {
         let (me, events, earlier) = (self.clone(), events.clone(), earlier.clone());
         self.policy
@@ -700,7 +698,7 @@ where
                         let mut conn =
                             inner.write_pool.get().await.map_err(|e| pool_error(e, inner.acquire_timeout))?;
                         let mut earlier = earlier.lock().await;
-                        write_isolating(&mut conn, &events, &mut earlier, inner.duplicate_check()).await
+                        write_isolating(&mut conn, &events, &mut earlier, inner.duplicate_check(), atomicity).await
                     }
                     .await;
                     if let Err(e) = &result
@@ -747,36 +745,14 @@ where
         let ingested_at = now_micros();
         let prepared: Vec<PreparedEvent> =
             self.events.into_iter().map(|e| PreparedEvent::new(e, ingested_at)).collect();
-        inner.ensure_partitions(&prepared, false).await?;
-        let prepared = Arc::new(prepared);
-        let earlier: Earlier = Arc::new(tokio::sync::Mutex::new(HashMap::new()));
-        let (me, events) = (inner.clone(), prepared.clone());
-        let outcomes = inner
-            .policy
-            .execute(move || {
-                let (inner, events, earlier) = (me.clone(), events.clone(), earlier.clone());
-                async move {
-                    let mut conn = inner.write_pool.get().await.map_err(|e| pool_error(e, inner.acquire_timeout))?;
-                    let mut earlier = earlier.lock().await;
-                    write_batch(&mut conn, &events, &mut earlier, DuplicateCheck::Always).await.map(|w| w.outcomes)
-                }
-            })
-            .await?;
-        inner.stats.write_transactions.fetch_add(1, Ordering::Relaxed);
-        let marks: Vec<WriteMark> = prepared
-            .iter()
-            .map(|p| WriteMark {
-                organization_id: p.event.organization_id.clone(),
-                timestamp_micros: p.event.timestamp.timestamp_micros(),
-            })
-            .collect();
-        inner.cache.invalidate(&marks).await;
-        Ok(prepared
-            .iter()
+        let ids: Vec<Uuid> = prepared.iter().map(|p| p.event.event_id).collect();
+        let outcomes = inner.store(prepared, Atomicity::AllOrNothing).await?;
+        Ok(ids
+            .into_iter()
             .zip(outcomes)
-            .map(|(p, o)| match o {
-                WriteOutcome::Stored { id, seq } => Ack::Stored { event_id: p.event.event_id, id, seq },
-                _ => Ack::Duplicate { event_id: p.event.event_id },
+            .map(|(event_id, o)| match o {
+                WriteOutcome::Stored { id, seq } => Ack::Stored { event_id, id, seq },
+                _ => Ack::Duplicate { event_id },
             })
             .collect())
     }

@@ -334,15 +334,25 @@ pub async fn write_batch(
     Ok(BatchWrite { outcomes: outcomes.into_iter().map(|o| o.expect("all decided")).collect() })
 }
 
-/// Writes a batch, isolating events the database refuses so that they never block valid events beside them.
-///
-/// A refusal of the whole COPY with an input-class SQLSTATE (other than a unique violation, which means a concurrent
-/// duplicate and is retried as a whole) splits the batch in halves until the refused events are alone.
+/// How a batch is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Atomicity {
+    /// Events the database refuses are isolated (the batch is split in halves until they are alone) so that they
+    /// never block valid events beside them: the bulk and group-commit paths.
+    PerEvent,
+    /// All events commit together or none does: `AuditClient::transaction`.
+    AllOrNothing,
+}
+
+/// Writes a batch; a unique violation (an already stored key the optimistic check let through, or a concurrent
+/// duplicate) is retried as a whole with per-event lookups. With [`Atomicity::PerEvent`], a refusal of the whole
+/// COPY with another input-class SQLSTATE splits the batch until the refused events are alone.
 pub async fn write_isolating(
     client: &mut tokio_postgres::Client,
     events: &[PreparedEvent],
     earlier_ids: &mut HashMap<(Uuid, i64), i64>,
     mut mode: DuplicateCheck,
+    atomicity: Atomicity,
 ) -> Result<Vec<WriteOutcome>, AuditError> {
     let mut unique_retries = 0;
     loop {
@@ -356,13 +366,15 @@ pub async fn write_isolating(
                 mode = DuplicateCheck::Always;
                 continue;
             }
-            Err(e) if e.class == ErrorClass::InvalidInput && e.sqlstate.is_some() => {
+            Err(e)
+                if e.class == ErrorClass::InvalidInput && e.sqlstate.is_some() && atomicity == Atomicity::PerEvent =>
+            {
                 if events.len() == 1 {
                     return Ok(vec![WriteOutcome::Rejected(e.message)]);
                 }
                 let mid = events.len() / 2;
-                let mut left = Box::pin(write_isolating(client, &events[..mid], earlier_ids, mode)).await?;
-                let right = Box::pin(write_isolating(client, &events[mid..], earlier_ids, mode)).await?;
+                let mut left = Box::pin(write_isolating(client, &events[..mid], earlier_ids, mode, atomicity)).await?;
+                let right = Box::pin(write_isolating(client, &events[mid..], earlier_ids, mode, atomicity)).await?;
                 left.extend(right);
                 return Ok(left);
             }
