@@ -3,18 +3,18 @@
 
 use std::collections::HashSet;
 
-use audit_client::{Ack, AuditClient, BatchItem};
-use audit_core::config::{AuditConfig, PartitionConfig};
-use audit_core::{Direct, EventFilter, NoCache, Status, StoredEvent};
-use audit_partition::PartitionManager;
-use audit_tests::{TestDb, assert_exactly_once_and_gap_free, sql};
+use audit_client::{Ack, BatchItem};
+
+mod support;
+use audit_core::{EventFilter, Status, StoredEvent};
+use audit_testkit::{TestDb, assert_exactly_once_and_gap_free, sql};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-type Client = AuditClient<PartitionManager, NoCache, Direct>;
+use support::Client;
 
 async fn setup(prefix: &str) -> (TestDb, Client) {
     let db = TestDb::create(prefix).await;
@@ -23,10 +23,9 @@ async fn setup(prefix: &str) -> (TestDb, Client) {
 }
 
 async fn client_for(url: &str) -> Client {
-    audit_client::run_migrations(url).await.expect("migrations apply");
-    let pm = PartitionManager::connect(url, PartitionConfig::default()).await.expect("partition manager");
-    pm.premake().await.expect("premake");
-    AuditClient::connect(AuditConfig::default(), url, pm, NoCache, Direct).await.expect("client connects")
+    support::migrate(url).await;
+    support::partitions(url, Default::default()).await.premake().await.expect("premake");
+    support::client(url).await
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -116,7 +115,7 @@ async fn a_rejected_event_never_blocks_valid_ones_beside_it() {
         .items
         .iter()
         .filter_map(|i| match i {
-            BatchItem::Rejected(r) => Some(r.clone()),
+            BatchItem::Rejected(r) => Some(r.reason.clone()),
             _ => None,
         })
         .collect();
@@ -124,29 +123,34 @@ async fn a_rejected_event_never_blocks_valid_ones_beside_it() {
     assert!(reasons[1].starts_with("timestamp") && reasons[1].contains("future"), "{}", reasons[1]);
     assert!(reasons[2].starts_with("organization_id"), "{}", reasons[2]);
     let err = client.insert(json!({"status": "success", "timestamp": ts(now)})).await.unwrap_err();
-    assert!(err.message.starts_with("action"), "{}", err.message);
+    assert!(err.message().starts_with("action"), "{}", err.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_commit_all_or_nothing() {
     let (db, client) = setup("found_tx").await;
     let now = Utc::now();
-    let (ids, acks) = client
+    let acks = client
         .transaction(|tx| {
-            let a = tx.insert(event("o1", "a", now))?;
-            let b = tx.insert(event("o2", "b", now))?;
-            Ok((a, b))
+            Box::pin(async move {
+                let a = tx.insert(event("o1", "a", now)).await?;
+                let b = tx.insert(event("o2", "b", now)).await?;
+                Ok(vec![a, b])
+            })
         })
         .await
         .unwrap();
     assert_eq!(acks.len(), 2);
-    assert!(client.get(ids.0).await.unwrap().is_some() && client.get(ids.1).await.unwrap().is_some());
-    // A failing builder stores nothing.
+    let ids: Vec<Uuid> = acks.iter().map(|a| a.event_id()).collect();
+    assert!(client.get(ids[0]).await.unwrap().is_some() && client.get(ids[1]).await.unwrap().is_some());
+    // A failing callback stores nothing.
     let failed = client
         .transaction(|tx| {
-            tx.insert(event("o1", "c", now))?;
-            tx.insert(json!({"action": "d", "status": "nope", "timestamp": ts(now)}))?;
-            Ok(())
+            Box::pin(async move {
+                tx.insert(event("o1", "c", now)).await?;
+                tx.insert(json!({"action": "d", "status": "nope", "timestamp": ts(now)})).await?;
+                Ok(())
+            })
         })
         .await;
     assert!(failed.is_err());
@@ -218,10 +222,10 @@ async fn the_database_refuses_update_delete_and_truncate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_are_idempotent_and_revert_cleanly() {
     let db = TestDb::create("found_migr").await;
-    let first = audit_client::run_migrations(&db.url).await.unwrap();
+    let first = support::migrate(&db.url).await;
     assert!(!first.is_empty());
-    assert!(audit_client::run_migrations(&db.url).await.unwrap().is_empty());
-    while audit_client::revert_last(&db.url).await.unwrap().is_some() {}
+    assert!(support::migrate(&db.url).await.is_empty());
+    while audit_pg::revert_last(&support::connector(&db.url)).await.unwrap().is_some() {}
     let pg = sql(&db.url).await;
     let n: i64 = pg
         .query_one("SELECT count(*) FROM pg_class WHERE relname IN ('audit_log', 'audit_log_heads')", &[])
@@ -229,7 +233,7 @@ async fn migrations_are_idempotent_and_revert_cleanly() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0);
-    assert_eq!(audit_client::run_migrations(&db.url).await.unwrap(), first);
+    assert_eq!(support::migrate(&db.url).await, first);
 }
 
 // ---- every filter and the cursor against an independently computed answer ----
@@ -398,7 +402,7 @@ async fn every_filter_and_the_cursor_return_exactly_the_right_events() {
     }
     // Limits are checked.
     let err = client.query(&EventFilter { limit: Some(10_001), ..Default::default() }).await.unwrap_err();
-    assert!(err.message.starts_with("limit"), "{}", err.message);
+    assert!(err.message().starts_with("limit"), "{}", err.message());
     let default = client.query(&EventFilter::default()).await.unwrap().page;
     assert_eq!(default.events.len(), 100);
 }

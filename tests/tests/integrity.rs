@@ -2,23 +2,23 @@
 //! (`session_replication_role = replica`) and alters, deletes, injects and reorders rows — `verify` names each.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use audit_client::AuditClient;
-use audit_client::integrity::IntegrityStore;
-use audit_core::config::{AuditConfig, PartitionConfig};
-use audit_core::integrity::{FindingKind, NoteSigner, verify_inclusion, verify_pack};
+use audit_client::{AuditClient, ClientConfig};
 use audit_core::{Direct, NoCache};
-use audit_partition::PartitionManager;
-use audit_tests::{TestDb, sql};
+use audit_integrity::{FindingKind, NoteSigner, verify_inclusion, verify_pack};
+use audit_partition::PartitionConfig;
+use audit_testkit::{TestDb, sql};
 use chrono::{Duration, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-async fn setup(prefix: &str) -> (TestDb, AuditClient<PartitionManager>) {
+mod support;
+use support::Client;
+
+async fn setup(prefix: &str) -> (TestDb, Client) {
     let db = TestDb::create(prefix).await;
-    audit_client::run_migrations(&db.url).await.unwrap();
-    let pm = PartitionManager::connect(&db.url, PartitionConfig::default()).await.unwrap();
-    let client = AuditClient::connect(AuditConfig::default(), &db.url, pm, NoCache, Direct).await.unwrap();
+    let client = support::client(&db.url).await;
     (db, client)
 }
 
@@ -50,7 +50,7 @@ async fn verify_is_clean_after_checkpoint_and_names_every_tampering() {
     assert_eq!(r.accepted(), 900);
     let signer = NoteSigner::generate("audit-db-test").unwrap();
     let verifier = signer.verifier();
-    let store = IntegrityStore::connect(&db.url).await.unwrap();
+    let store = support::integrity(&db.url);
     let sealed = store.checkpoint(&signer, None, Utc::now()).await.unwrap();
     assert_eq!(sealed.len(), 3);
     assert!(sealed.iter().all(|s| s.new_checkpoint && s.tree_size == 300));
@@ -67,7 +67,7 @@ async fn verify_is_clean_after_checkpoint_and_names_every_tampering() {
     assert_eq!((c.old_size, c.new_size), (300, 310));
     let hex32 = |s: &str| -> [u8; 32] { hex::decode(s).unwrap().try_into().unwrap() };
     let proof: Vec<[u8; 32]> = c.proof.iter().map(|h| hex32(h)).collect();
-    assert!(audit_core::integrity::verify_consistency(300, 310, &hex32(&c.old_root), &hex32(&c.new_root), &proof));
+    assert!(audit_integrity::verify_consistency(300, 310, &hex32(&c.old_root), &hex32(&c.new_root), &proof));
 
     // An inclusion proof verifies against the signed root, with O(log n) hashes.
     let pg = sql(&db.url).await;
@@ -152,12 +152,12 @@ async fn verify_is_clean_after_checkpoint_and_names_every_tampering() {
     .await
     .unwrap();
     let refused = store.checkpoint(&signer, Some("hospital_a"), Utc::now()).await.unwrap_err();
-    assert!(refused.message.contains("refusing to sign"), "{}", refused.message);
+    assert!(refused.message().contains("refusing to sign"), "{}", refused.message());
 
     // A forged checkpoint row (signature by another key with the same id text) is a bad signature.
     let other = NoteSigner::generate("audit-db-test").unwrap();
-    let note = other.sign(&audit_core::integrity::Checkpoint {
-        origin: audit_core::integrity::origin_for("bank_b"),
+    let note = other.sign(&audit_integrity::Checkpoint {
+        origin: audit_integrity::origin_for("bank_b"),
         tree_size: 5,
         root_hash: [7u8; 32],
         time: Utc::now(),
@@ -178,7 +178,7 @@ async fn incremental_verify_reads_only_what_is_new() {
     let (db, client) = setup("integ_incr").await;
     client.insert_batch(events(&[Some("o1")], 500)).await.unwrap();
     let signer = NoteSigner::generate("k").unwrap();
-    let store = IntegrityStore::connect(&db.url).await.unwrap();
+    let store = support::integrity(&db.url);
     store.checkpoint(&signer, None, Utc::now()).await.unwrap();
     let full = store.verify(&signer.verifier(), None, false, &|_| {}).await.unwrap();
     assert!(full.findings.is_empty());
@@ -195,7 +195,7 @@ async fn an_evidence_pack_verifies_offline_holds_one_org_and_fails_after_any_edi
     let (db, client) = setup("integ_pack").await;
     client.insert_batch(events(&[Some("hospital_a"), Some("bank_b")], 200)).await.unwrap();
     let signer = NoteSigner::generate("audit-db").unwrap();
-    let store = IntegrityStore::connect(&db.url).await.unwrap();
+    let store = support::integrity(&db.url);
     store.checkpoint(&signer, None, Utc::now()).await.unwrap();
     let files: BTreeMap<String, Vec<u8>> =
         store.export_pack(&signer, "hospital_a", None, None, Utc::now()).await.unwrap();
@@ -242,7 +242,7 @@ async fn leaves_hashed_before_insert_equal_leaves_of_what_the_database_gives_bac
     );
     let r = client.insert_batch(evs).await.unwrap();
     assert_eq!(r.accepted(), 6, "{:?}", r.items);
-    let store = IntegrityStore::connect(&db.url).await.unwrap();
+    let store = support::integrity(&db.url);
     let signer = NoteSigner::generate("k").unwrap();
     store.checkpoint(&signer, None, Utc::now()).await.expect("every stored leaf matches its content");
     let report = store.verify(&signer.verifier(), None, false, &|_| {}).await.unwrap();
@@ -255,7 +255,7 @@ async fn deleting_a_log_head_or_all_its_rows_does_not_hide_the_log_from_verify()
     let (db, client) = setup("integ_hidden").await;
     client.insert_batch(events(&[Some("acme"), Some("globex")], 40)).await.unwrap();
     let signer = NoteSigner::generate("k").unwrap();
-    let store = IntegrityStore::connect(&db.url).await.unwrap();
+    let store = support::integrity(&db.url);
     store.checkpoint(&signer, None, Utc::now()).await.unwrap();
     let pg = sql(&db.url).await;
     pg.batch_execute(
@@ -279,12 +279,12 @@ async fn deleting_a_log_head_or_all_its_rows_does_not_hide_the_log_from_verify()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proofs_and_verify_survive_retention_dropping_old_partitions() {
     let db = TestDb::create("integ_retention").await;
-    audit_client::run_migrations(&db.url).await.unwrap();
+    support::migrate(&db.url).await;
     let archive = tempfile::tempdir().unwrap();
     let config =
         PartitionConfig { retention_days: 1000, archive_dir: Some(archive.path().to_path_buf()), ..Default::default() };
-    let pm = PartitionManager::connect(&db.url, config.clone()).await.unwrap();
-    let client = AuditClient::connect(AuditConfig::default(), &db.url, pm, NoCache, Direct).await.unwrap();
+    let pm = support::partitions(&db.url, config.clone()).await;
+    let client = AuditClient::connect(ClientConfig::default(), &db.url, pm, NoCache, Direct).await.unwrap();
     // Old (2019) and recent events interleaved in one organisation's log, so dropped positions are scattered.
     let mut evs = events(&[Some("clinic")], 120);
     for (i, e) in evs.iter_mut().enumerate() {
@@ -294,10 +294,10 @@ async fn proofs_and_verify_survive_retention_dropping_old_partitions() {
     }
     assert_eq!(client.insert_batch(evs).await.unwrap().accepted(), 120);
     let signer = NoteSigner::generate("k").unwrap();
-    let store = IntegrityStore::connect(&db.url).await.unwrap();
+    let store = support::integrity(&db.url);
     store.checkpoint(&signer, None, Utc::now()).await.unwrap();
 
-    let retention = PartitionManager::connect(&db.url, config).await.unwrap();
+    let retention = support::partitions(&db.url, config).await;
     let report = retention.retention(false).await.unwrap();
     let dropped: usize = report.items.iter().filter(|i| i.action == audit_partition::RetentionAction::Dropped).count();
     assert!(dropped >= 1, "{report:#?}");
@@ -325,13 +325,13 @@ async fn proofs_and_verify_survive_retention_dropping_old_partitions() {
 async fn the_client_can_seal_logs_on_an_interval() {
     let (db, client) = setup("integ_interval").await;
     let signer = NoteSigner::generate("k").unwrap();
-    let task = audit_client::integrity::spawn_checkpointer(
-        db.url.clone(),
+    let task = audit_integrity::store::spawn_checkpointer(
+        Arc::new(support::integrity(&db.url)),
         signer.clone(),
         std::time::Duration::from_millis(200),
     );
     client.insert_batch(events(&[Some("o1")], 10)).await.unwrap();
-    let store = IntegrityStore::connect(&db.url).await.unwrap();
+    let store = support::integrity(&db.url);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let cps = store.checkpoints("o1").await.unwrap();

@@ -4,30 +4,29 @@
 //! client's own behaviour (`store_patiently` and exactly-once by `event_id`), not a retry policy's; the same
 //! failures under audit-resilience's `Policy` are in `crates/audit-server/tests/cli_resilience.rs`.
 
-use audit_tests::proxy;
-use audit_tests::proxy::{server_addr, through};
+use audit_testkit::proxy;
+use audit_testkit::proxy::{server_addr, through};
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use audit_client::{Ack, AuditClient, BatchItem};
-use audit_core::config::{AuditConfig, PartitionConfig};
-use audit_core::{Direct, ErrorClass, EventFilter, NoCache};
-use audit_partition::PartitionManager;
-use audit_tests::{TestDb, assert_exactly_once_and_gap_free, sql};
+use audit_client::{Ack, BatchItem, ClientConfig};
+use audit_core::{ErrorClass, EventFilter};
+use audit_testkit::{TestDb, assert_exactly_once_and_gap_free, sql};
 use chrono::{SecondsFormat, Utc};
 use proxy::TcpProxy;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-type Client = AuditClient<PartitionManager, NoCache, Direct>;
+mod support;
+use support::Client;
 
-/// Migrates `db` directly, then connects a client to `client_url` (which may go through a proxy).
-async fn client(db: &TestDb, client_url: &str, config: AuditConfig) -> Client {
-    audit_client::run_migrations(&db.url).await.expect("migrations apply");
-    let pm = PartitionManager::connect(&db.url, PartitionConfig::default()).await.expect("partition manager");
-    pm.premake().await.expect("premake");
-    AuditClient::connect(config, client_url, pm, NoCache, Direct).await.expect("client connects")
+/// Migrates `db` and premakes its partitions directly, then connects a client to `client_url` (which may go
+/// through a proxy).
+async fn client(db: &TestDb, client_url: &str, config: ClientConfig) -> Client {
+    support::migrate(&db.url).await;
+    support::partitions(&db.url, Default::default()).await.premake().await.expect("premake");
+    support::client_with(&db.url, client_url, config).await
 }
 
 /// `n` events over a few organisations, every third without an `event_id` (the client assigns one).
@@ -66,7 +65,7 @@ async fn assert_acks_match_rows(pg: &tokio_postgres::Client, acks: &[Ack]) {
 async fn a_bulk_insert_whose_commit_is_lost_reports_every_event_stored_once() {
     let db = TestDb::create("res_lost_commit_bulk").await;
     let proxy = TcpProxy::start(server_addr(&db.url).await).await;
-    let client = client(&db, &through(&db.url, &proxy), AuditConfig::default()).await;
+    let client = client(&db, &through(&db.url, &proxy), ClientConfig::default()).await;
 
     proxy.cut_next_commits(1);
     let batch = events(600, "bulk");
@@ -97,7 +96,7 @@ async fn a_bulk_insert_whose_commit_is_lost_reports_every_event_stored_once() {
 async fn group_committed_inserts_whose_commit_is_lost_are_acknowledged_stored_once() {
     let db = TestDb::create("res_lost_commit_group").await;
     let proxy = TcpProxy::start(server_addr(&db.url).await).await;
-    let client = client(&db, &through(&db.url, &proxy), AuditConfig::default()).await;
+    let client = client(&db, &through(&db.url, &proxy), ClientConfig::default()).await;
 
     proxy.cut_next_commits(1);
     let tasks: Vec<_> = events(300, "single")
@@ -123,7 +122,7 @@ async fn a_transaction_whose_commit_is_lost_is_ambiguous_and_safe_to_send_again(
     // an Unavailable error, and sending the same events again must never store them twice.
     let db = TestDb::create("res_lost_commit_tx").await;
     let proxy = TcpProxy::start(server_addr(&db.url).await).await;
-    let client = client(&db, &through(&db.url, &proxy), AuditConfig::default()).await;
+    let client = client(&db, &through(&db.url, &proxy), ClientConfig::default()).await;
     let batch: Vec<Value> = events(40, "tx").into_iter().filter(|e| e.get("event_id").is_some()).collect();
 
     proxy.cut_next_commits(1);
@@ -132,7 +131,7 @@ async fn a_transaction_whose_commit_is_lost_is_ambiguous_and_safe_to_send_again(
         tx.insert(e.clone()).unwrap();
     }
     let err = tx.commit().await.expect_err("the caller cannot know whether a COMMIT without answer happened");
-    assert_eq!(err.class, ErrorClass::Unavailable, "{err}");
+    assert_eq!(err.class(), ErrorClass::Unavailable, "{err}");
     assert_eq!(proxy.commits_cut(), 1);
     let pg = sql(&db.url).await;
     assert_exactly_once_and_gap_free(&pg, batch.len() as i64).await;
@@ -149,7 +148,7 @@ async fn a_transaction_whose_commit_is_lost_is_ambiguous_and_safe_to_send_again(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_past_its_deadline_is_cancelled_on_the_server() {
     let db = TestDb::create("res_deadline").await;
-    let mut config = AuditConfig::default();
+    let mut config = ClientConfig::default();
     config.database.query_timeout = 300;
     let client = client(&db, &db.url, config).await;
     let report = client.insert_batch(events(50, "deadline")).await.unwrap();
@@ -183,14 +182,14 @@ async fn a_query_past_its_deadline_is_cancelled_on_the_server() {
         .unwrap()
         .get(0);
     assert_eq!(running, 0, "a backend is still running (or waiting in) the cancelled query");
-    assert!(err.message.contains("statement timeout"), "the server cancelled it: {err}");
+    assert!(err.message().contains("statement timeout"), "the server cancelled it: {err}");
 
     locker.batch_execute("ROLLBACK").await.unwrap();
     let answer = client.query(&filter).await.expect("the same query answers once the lock is gone");
     assert_eq!(answer.page.events.len(), 10, "org1 holds 10 of the 50 events");
 
     assert_eq!(
-        err.class,
+        err.class(),
         ErrorClass::Unavailable,
         "a statement timeout (SQLSTATE 57014) must be reported as unavailable: {err:?}"
     );

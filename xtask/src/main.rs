@@ -102,7 +102,7 @@ async fn migrate(database_url: Option<String>) -> anyhow::Result<ExitCode> {
     config.database.url = Some(url);
     let app = audit_server::app::App::open(config).await?;
     let applied_now = app.migrate().await?;
-    println!("database: {}", audit_client::pg::describe_url(&app.url));
+    println!("database: {}", app.connector().target());
     let rows = applied_migrations(&app.url).await?;
     let mut fresh = 0;
     for (version, run_on) in &rows {

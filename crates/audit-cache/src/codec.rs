@@ -37,7 +37,7 @@ pub enum CodecError {
 }
 
 /// Encodes `page` (the answer to the query named by `slot`).
-pub fn encode(slot: &str, page: &Page) -> Vec<u8> {
+pub(crate) fn encode(slot: &str, page: &Page) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + slot.len() + page.events.len() * 512);
     out.extend_from_slice(MAGIC);
     put_str(&mut out, slot);
@@ -86,7 +86,7 @@ pub fn encode(slot: &str, page: &Page) -> Vec<u8> {
 }
 
 /// Decodes an envelope, returning the slot it answers and the page.
-pub fn decode(bytes: &[u8]) -> Result<(String, Page), CodecError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<(String, Page), CodecError> {
     let mut r = Reader { buf: bytes, pos: 0 };
     if r.take(4, "magic")? != MAGIC {
         return Err(CodecError::BadMagic);

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 /// A set of generation keys in one hash-tag group.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Deps {
+pub(crate) struct Deps {
     /// Full Redis keys (prefix included), in a fixed order.
     pub keys: Vec<String>,
 }
@@ -35,12 +35,17 @@ pub(crate) fn hex_lower(b: &[u8]) -> String {
     s
 }
 
+/// A fresh generation token: random, so a token is never reused (the freshness proof relies on it).
+pub(crate) fn new_token() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
 fn key(prefix: &str, tag: &str, name: &str) -> String {
     format!("{prefix}{{{tag}}}:gen:{name}")
 }
 
 /// The global generation key (bumped by every write; read by queries across organisations).
-pub fn global_key(prefix: &str) -> String {
+pub(crate) fn global_key(prefix: &str) -> String {
     key(prefix, "g", "all")
 }
 
@@ -59,7 +64,7 @@ fn month_name(index: i64) -> String {
 /// * No organisation: the global generation.
 /// * An organisation and a time window of at most `max_months` calendar months (UTC): one key per month.
 /// * An organisation and a wider or open window: the organisation's generation.
-pub fn deps_for(prefix: &str, scope: &QueryScope, max_months: u32) -> Deps {
+pub(crate) fn deps_for(prefix: &str, scope: &QueryScope, max_months: u32) -> Deps {
     let Some(org) = &scope.organization_id else {
         return Deps { keys: vec![global_key(prefix)] };
     };
@@ -84,7 +89,7 @@ pub fn deps_for(prefix: &str, scope: &QueryScope, max_months: u32) -> Deps {
 
 /// The keys that `writes` bump, grouped by hash tag (one group per organisation, plus the global key in its own
 /// group). Every write bumps its organisation's month and whole-organisation keys and the global key.
-pub fn bumps_for(prefix: &str, writes: &[WriteMark]) -> Vec<Vec<String>> {
+pub(crate) fn bumps_for(prefix: &str, writes: &[WriteMark]) -> Vec<Vec<String>> {
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     if writes.is_empty() {
         return Vec::new();
@@ -113,14 +118,14 @@ pub fn bumps_for(prefix: &str, writes: &[WriteMark]) -> Vec<Vec<String>> {
 /// In-process generation counters: a fixed array indexed by a hash of the key. Two keys sharing a counter only
 /// cause extra invalidation, never a stale answer, and the memory is bounded whatever the number of periods.
 #[derive(Debug)]
-pub struct LocalGenerations {
+pub(crate) struct LocalGenerations {
     slots: Box<[AtomicU64]>,
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl LocalGenerations {
     /// `n` counters (rounded up to a power of two).
-    pub fn new(n: usize) -> Self {
+    pub(crate) fn new(n: usize) -> Self {
         let n = n.max(1).next_power_of_two();
         Self { slots: (0..n).map(|_| AtomicU64::new(0)).collect(), hasher: Default::default() }
     }
@@ -130,12 +135,12 @@ impl LocalGenerations {
     }
 
     /// Current values of the counters of `deps`.
-    pub fn read(&self, deps: &Deps) -> Box<[u64]> {
+    pub(crate) fn read(&self, deps: &Deps) -> Box<[u64]> {
         deps.keys.iter().map(|k| self.slot(k).load(Ordering::Acquire)).collect()
     }
 
     /// Bumps the counters of `keys`.
-    pub fn bump<'a>(&self, keys: impl IntoIterator<Item = &'a String>) {
+    pub(crate) fn bump<'a>(&self, keys: impl IntoIterator<Item = &'a String>) {
         for k in keys {
             self.slot(k).fetch_add(1, Ordering::AcqRel);
         }

@@ -14,11 +14,11 @@ use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use serde_json::Value;
 
 /// Fixed cost charged per entry for the table slot, the ghost entry and the `Arc` header.
-pub const ENTRY_OVERHEAD: u64 = 160;
+pub(crate) const ENTRY_OVERHEAD: u64 = 160;
 
 /// One cached answer and what it was computed under.
 #[derive(Debug)]
-pub struct L1Entry {
+pub(crate) struct L1Entry {
     /// The answer.
     pub page: Arc<Page>,
     /// Local generation counters read before the answer was loaded.
@@ -34,10 +34,10 @@ pub struct L1Entry {
     pub weight: u64,
 }
 
-pub type Val = Arc<L1Entry>;
+pub(crate) type Val = Arc<L1Entry>;
 
 #[derive(Debug, Clone, Copy)]
-pub struct EntryWeighter;
+pub(crate) struct EntryWeighter;
 
 impl Weighter<String, Val> for EntryWeighter {
     fn weight(&self, _key: &String, val: &Val) -> u64 {
@@ -47,7 +47,7 @@ impl Weighter<String, Val> for EntryWeighter {
 
 /// Counts evictions (and entries too large to be admitted at all).
 #[derive(Debug, Clone)]
-pub struct EvictionHook {
+pub(crate) struct EvictionHook {
     pub evictions: Arc<AtomicU64>,
     pub rejected: Arc<AtomicU64>,
     pub max_item: Arc<AtomicU64>,
@@ -67,10 +67,10 @@ impl Lifecycle<String, Val> for EvictionHook {
     }
 }
 
-pub type L1Cache = Cache<String, Val, EntryWeighter, DefaultHashBuilder, EvictionHook>;
+pub(crate) type L1Cache = Cache<String, Val, EntryWeighter, DefaultHashBuilder, EvictionHook>;
 
 /// The L1 store and its accounting.
-pub struct L1 {
+pub(crate) struct L1 {
     pub cache: L1Cache,
     pub hook: EvictionHook,
     /// The byte budget actually enforced (the configured one rounded down to a multiple of the shard count).
@@ -87,7 +87,7 @@ impl std::fmt::Debug for L1 {
 
 impl L1 {
     /// A cache of at most `budget_bytes` bytes and `max_keys` entries (0: no entry limit beyond the bytes).
-    pub fn new(budget_bytes: u64, max_keys: u64) -> Self {
+    pub(crate) fn new(budget_bytes: u64, max_keys: u64) -> Self {
         const SHARD_BYTES: u64 = 8 << 20;
         let mut shards = (budget_bytes / SHARD_BYTES).clamp(1, 16);
         if max_keys > 0 {
@@ -118,7 +118,7 @@ impl L1 {
     }
 
     /// The weight to charge for an entry of `slot` holding `page`.
-    pub fn weigh(&self, slot: &str, page: &Page, local_len: usize) -> u64 {
+    pub(crate) fn weigh(&self, slot: &str, page: &Page, local_len: usize) -> u64 {
         let real = ENTRY_OVERHEAD + slot.len() as u64 + (local_len * 8) as u64 + page_bytes(page);
         real.max(self.min_weight)
     }
@@ -141,7 +141,7 @@ fn string_heap(capacity: usize) -> usize {
 
 /// Bytes a page holds: its structs and every heap allocation (strings, vectors, `details`), each charged as the
 /// allocator charges it.
-pub fn page_bytes(page: &Page) -> u64 {
+pub(crate) fn page_bytes(page: &Page) -> u64 {
     let mut n = size_of::<Page>() + alloc(page.events.capacity() * size_of::<StoredEvent>());
     for s in &page.events {
         let e = &s.event;

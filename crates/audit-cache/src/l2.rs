@@ -2,19 +2,20 @@
 //! Redis Cluster connection (redis's cluster-async client). Every call is bounded by a timeout; a connection that
 //! failed or timed out is discarded instead of being handed to the next caller.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisError, Value};
+use tokio::time::Instant;
 
-use crate::CacheError;
+use crate::error::CacheError;
 
 /// One request: a command or a pipeline (whose keys, in cluster mode, share one hash tag).
 #[derive(Clone, Copy)]
-pub enum Req<'a> {
+pub(crate) enum Req<'a> {
     /// A single command.
     Cmd(&'a Cmd),
     /// A pipeline.
@@ -22,14 +23,14 @@ pub enum Req<'a> {
 }
 
 /// A pooled connection that remembers whether it failed, so the pool drops it.
-pub struct Pooled {
+pub(crate) struct Pooled {
     conn: MultiplexedConnection,
     broken: bool,
 }
 
 /// bb8 manager: bb8-redis's manager, plus "broken" tracking (bb8-redis never reports a connection broken, and a
 /// multiplexed connection to a restarted server never recovers).
-pub struct Manager(bb8_redis::RedisConnectionManager);
+pub(crate) struct Manager(bb8_redis::RedisConnectionManager);
 
 impl bb8::ManageConnection for Manager {
     type Connection = Pooled;
@@ -49,7 +50,7 @@ impl bb8::ManageConnection for Manager {
 }
 
 /// The Redis side of the cache.
-pub enum Backend {
+pub(crate) enum Backend {
     /// A single server through a pool.
     Single(bb8::Pool<Manager>),
     /// A cluster through one shared, self-healing connection (created on first use).
@@ -79,7 +80,7 @@ fn timeout_err(op: &'static str, t: Duration) -> CacheError {
 impl Backend {
     /// Builds the backend without connecting (connections are made on first use, so a Redis that is down at
     /// start-up only degrades the cache). `url` may list several cluster seed nodes separated by commas.
-    pub fn new(url: &str, cluster: bool, timeout: Duration, pool_size: u32) -> Result<Self, CacheError> {
+    pub(crate) fn new(url: &str, cluster: bool, timeout: Duration, pool_size: u32) -> Result<Self, CacheError> {
         if cluster {
             let seeds: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
             let client = ClusterClient::builder(seeds)
@@ -107,7 +108,7 @@ impl Backend {
     }
 
     /// Runs `req`, bounded by `timeout` overall (connection checkout included).
-    pub async fn exec<T: FromRedisValue>(
+    pub(crate) async fn exec<T: FromRedisValue>(
         &self,
         op: &'static str,
         req: Req<'_>,
@@ -121,8 +122,7 @@ impl Backend {
                     Ok(Err(e)) => return Err(CacheError::Pool(e.to_string())),
                     Err(_) => return Err(timeout_err(op, timeout)),
                 };
-                let left = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, run(&mut conn.conn, req)).await {
+                match tokio::time::timeout_at(deadline, run(&mut conn.conn, req)).await {
                     Ok(Ok(v)) => Ok(v),
                     Ok(Err(e)) => {
                         // A server error reply (wrong type, …) leaves the connection usable; anything else not.
@@ -139,8 +139,7 @@ impl Backend {
             }
             Backend::Cluster { .. } => {
                 let mut conn = self.cluster_conn(op, timeout).await?;
-                let left = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, run(&mut conn, req)).await {
+                match tokio::time::timeout_at(deadline, run(&mut conn, req)).await {
                     Ok(r) => r.map_err(CacheError::from),
                     Err(_) => Err(timeout_err(op, timeout)),
                 }
@@ -165,7 +164,7 @@ impl Backend {
 
     /// Deletes every key matching `pattern` with `SCAN` (never `KEYS`), on every primary in cluster mode.
     /// Returns how many keys were removed. Each round trip is bounded by `timeout`.
-    pub async fn scan_delete(&self, pattern: &str, timeout: Duration) -> Result<u64, CacheError> {
+    pub(crate) async fn scan_delete(&self, pattern: &str, timeout: Duration) -> Result<u64, CacheError> {
         let mut removed = 0u64;
         match self {
             Backend::Single(_) => {

@@ -10,7 +10,7 @@ use audit_core::{CacheTier, QueryCache};
 use common::*;
 use proptest::prelude::*;
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn without_redis_answers_older_than_the_staleness_bound_are_not_served() {
     let mut cfg = config(None, "p:");
     cfg.local_staleness_ms = 300;
@@ -19,7 +19,9 @@ async fn without_redis_answers_older_than_the_staleness_bound_are_not_served() {
     let s = scope(Some("acme"), None, None);
     assert_eq!(query(&a, &s, "k", &calls, page("acme", "v1", 1, 0)).await.unwrap().1, CacheTier::Db);
     assert_eq!(query(&a, &s, "k", &calls, page("acme", "x", 1, 0)).await.unwrap().1, CacheTier::L1);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::advance(Duration::from_millis(250)).await;
+    assert_eq!(query(&a, &s, "k", &calls, page("acme", "x", 1, 0)).await.unwrap().1, CacheTier::L1, "within the bound");
+    tokio::time::advance(Duration::from_millis(150)).await;
     let (p, tier) = query(&a, &s, "k", &calls, page("acme", "v2", 1, 0)).await.unwrap();
     assert_eq!((tier, p.events[0].event.action.as_str()), (CacheTier::Db, "v2-0"));
     assert_eq!(a.health().len(), 1, "no redis component without redis");
@@ -43,7 +45,25 @@ async fn without_redis_a_process_sees_its_own_writes_at_once() {
     assert_eq!(a.stats().entries, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
+async fn without_redis_entries_expire_after_their_ttl() {
+    let mut cfg = config(None, "p:");
+    cfg.default_ttl = 2;
+    cfg.local_staleness_ms = 600_000;
+    let a = cache(&cfg);
+    let calls = AtomicUsize::new(0);
+    let s = scope(Some("acme"), None, None);
+    assert_eq!(query(&a, &s, "k", &calls, page("acme", "v1", 1, 0)).await.unwrap().1, CacheTier::Db);
+    tokio::time::advance(Duration::from_millis(1_990)).await;
+    assert_eq!(query(&a, &s, "k", &calls, page("acme", "x", 1, 0)).await.unwrap().1, CacheTier::L1);
+    tokio::time::advance(Duration::from_millis(20)).await;
+    let (p, tier) = query(&a, &s, "k", &calls, page("acme", "v2", 1, 0)).await.unwrap();
+    assert_eq!((tier, p.events[0].event.action.as_str()), (CacheTier::Db, "v2-0"), "expired after defaultTTL");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// Ten tasks miss the same slot while the loader waits (on paused time: the wait costs nothing real).
+#[tokio::test(start_paused = true)]
 async fn single_flight_without_redis() {
     let a = cache(&config(None, "p:"));
     let calls = Arc::new(AtomicUsize::new(0));
@@ -73,7 +93,7 @@ async fn a_failing_loader_is_reported_and_not_cached() {
     let a = cache(&config(None, "p:"));
     let s = scope(None, None, None);
     let err = a.get_or_load(&s, "k", || async { Err(audit_core::AuditError::unavailable("db down")) }).await;
-    assert_eq!(err.unwrap_err().message, "db down");
+    assert_eq!(err.unwrap_err().message(), "db down");
     let calls = AtomicUsize::new(0);
     assert_eq!(query(&a, &s, "k", &calls, page("x", "v", 1, 0)).await.unwrap().1, CacheTier::Db);
 }

@@ -11,9 +11,7 @@ use common::*;
 
 #[tokio::test]
 async fn redis_death_degrades_to_the_loader_and_recovery_restores_l2() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut server = RedisServer::start(port, dir.path(), &[]);
+    let server = RedisServer::start().await;
     let prefix = unique_prefix("outage");
     let mut strict = config(Some(server.url()), &prefix);
     strict.local_staleness_ms = 0;
@@ -45,8 +43,8 @@ async fn redis_death_degrades_to_the_loader_and_recovery_restores_l2() {
     assert_eq!(redis_of(&a).status, HealthState::Degraded);
     assert_eq!(redis_of(&b).details["pending_invalidations"], serde_json::json!(3));
 
-    let _server = RedisServer::start(port, dir.path(), &[]);
-    // Wait for the bypass period to end and for B's queued invalidations to be delivered.
+    server.restart().await;
+    // Wait for B's queued invalidations to be re-sent and delivered.
     let deadline = Instant::now() + Duration::from_secs(15);
     while redis_of(&b).details["pending_invalidations"] != serde_json::json!(0) {
         assert!(Instant::now() < deadline, "queued invalidations never reached redis");

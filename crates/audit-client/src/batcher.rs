@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use audit_core::metrics as metric;
+use tokio::time::Instant;
+
 use audit_core::AuditError;
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,11 +22,12 @@ use crate::writer::{PreparedEvent, WriteOutcome};
 struct Request {
     event: PreparedEvent,
     reply: oneshot::Sender<Result<WriteOutcome, AuditError>>,
+    queued_at: Instant,
 }
 
 /// Counters of the group committer.
 #[derive(Debug, Default)]
-pub struct BatcherStats {
+pub(crate) struct BatcherStats {
     /// Transactions (flushes) run.
     pub flushes: AtomicU64,
     /// Events flushed.
@@ -34,7 +38,7 @@ pub struct BatcherStats {
 
 /// Handle to the group-commit task.
 #[derive(Clone)]
-pub struct GroupCommitter {
+pub(crate) struct GroupCommitter {
     tx: mpsc::Sender<Request>,
     capacity: usize,
     stats: Arc<BatcherStats>,
@@ -48,7 +52,7 @@ impl std::fmt::Debug for GroupCommitter {
 
 impl GroupCommitter {
     /// Starts the task. `flush` stores one batch and returns one outcome per event, in order.
-    pub fn spawn<F, Fut>(max_events: usize, max_wait: Duration, capacity: usize, flush: F) -> Self
+    pub(crate) fn spawn<F, Fut>(max_events: usize, max_wait: Duration, capacity: usize, flush: F) -> Self
     where
         F: Fn(Vec<PreparedEvent>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<WriteOutcome>, AuditError>> + Send + 'static,
@@ -73,12 +77,20 @@ impl GroupCommitter {
                         }
                     }
                 }
-                let (events, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|r| (r.event, r.reply)).unzip();
+                let began = Instant::now();
+                let (events, replies): (Vec<_>, Vec<_>) = batch
+                    .drain(..)
+                    .map(|r| {
+                        metrics::histogram!(metric::GROUP_COMMIT_WAIT)
+                            .record(began.duration_since(r.queued_at).as_secs_f64());
+                        (r.event, r.reply)
+                    })
+                    .unzip();
                 let n = events.len();
                 let result = flush(events).await;
                 task_stats.flushes.fetch_add(1, Ordering::Relaxed);
                 task_stats.events.fetch_add(n as u64, Ordering::Relaxed);
-                metrics::histogram!("audit_db_group_commit_batch_size").record(n as f64);
+                metrics::histogram!(metric::GROUP_COMMIT_BATCH_SIZE).record(n as f64);
                 match result {
                     Ok(outcomes) => {
                         for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -97,12 +109,13 @@ impl GroupCommitter {
     }
 
     /// Enqueues an event and waits until its transaction has committed (or failed).
-    pub async fn submit(&self, event: PreparedEvent) -> Result<WriteOutcome, AuditError> {
+    pub(crate) async fn submit(&self, event: PreparedEvent) -> Result<WriteOutcome, AuditError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(Request { event, reply }).map_err(|e| match e {
+        self.tx.try_send(Request { event, reply, queued_at: Instant::now() }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                AuditError::unavailable(format!(
+                metrics::counter!(metric::LOAD_SHED, "reason" => "queue_full").increment(1);
+                AuditError::overloaded(format!(
                     "insert queue is full ({} events are waiting for the database); retry later",
                     self.capacity
                 ))
@@ -113,12 +126,12 @@ impl GroupCommitter {
     }
 
     /// Events currently waiting.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.capacity - self.tx.capacity()
     }
 
-    /// Counters.
-    pub fn stats(&self) -> &BatcherStats {
-        &self.stats
+    /// Transactions (flushes) run so far.
+    pub(crate) fn flushes(&self) -> u64 {
+        self.stats.flushes.load(Ordering::Relaxed)
     }
 }

@@ -1,21 +1,26 @@
 //! audit-client: the entry point applications use — durable group-committed inserts, bulk binary COPY, exact
-//! queries with keyset paging, atomic transactions, health, and the embedded private PostgreSQL default.
+//! queries with keyset paging, transactions, health.
 //!
 //! Architecture invariant: depends on other audit-db crates only through the traits of `audit-core`
-//! (`PartitionProvisioner`, `QueryCache`, `ResiliencePolicy`).
+//! (`PartitionProvisioner`, `QueryCache`, `ResiliencePolicy`), plus the shared foundations audit-pg (the one
+//! PostgreSQL layer) and audit-integrity (the leaf hash every row carries).
 
+#![warn(missing_docs, clippy::print_stdout, clippy::print_stderr)]
+
+mod ack;
 mod batcher;
 mod client;
-pub mod embedded;
-pub mod integrity;
-mod migrate;
-pub mod pg;
+mod config;
+mod health;
+mod observe;
 mod reader;
-mod schema;
+mod store;
+mod transaction;
 mod writer;
 
-pub use client::{
-    Ack, AuditClient, BatchItem, BatchReport, HealthReport, QueryAnswer, Transaction, check_reachable, redact,
-};
-pub use migrate::{MIGRATIONS, revert_last, run_migrations};
-pub use writer::{COPY_TYPES, EVENT_COLUMNS, PreparedEvent, WriteOutcome};
+pub use ack::{Ack, BatchItem, BatchReport, CommitLsn, QueryAnswer, Rejection};
+pub use client::{AuditClient, BoxFuture, ClientConfig};
+pub use config::IngestConfig;
+pub use health::HealthReport;
+pub use transaction::{Transaction, TransactionScope};
+pub use writer::{PreparedEvent, WriteOutcome};

@@ -1,84 +1,18 @@
 //! The read path: filters, keyset paging, counts and lookups through diesel-async.
 
 use audit_core::AuditError;
-use audit_core::event::{DataClassification, NewEvent, Status, StoredEvent};
+use audit_core::event::StoredEvent;
 use audit_core::filter::{Cursor, EventFilter, Page};
-use chrono::{DateTime, Utc};
+use audit_pg::schema::audit_log;
+use audit_pg::{PgConn, build_query, stored_event_from_row};
 use diesel::dsl::count_star;
 use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::pg::diesel_error;
-use crate::schema::audit_log;
-
-/// One stored row as diesel reads it.
-#[derive(Debug, Queryable, Selectable)]
-#[diesel(table_name = audit_log, check_for_backend(Pg))]
-struct Row {
-    id: i64,
-    event_id: Uuid,
-    timestamp: DateTime<Utc>,
-    ingested_at: DateTime<Utc>,
-    action: String,
-    status: String,
-    principal_id: Option<String>,
-    organization_id: Option<String>,
-    target_resource_type: Option<String>,
-    target_resource_id: Option<String>,
-    outcome_description: Option<String>,
-    correlation_id: Option<String>,
-    data_classification: String,
-    retention_policy: String,
-    event_version: String,
-    ttl: Option<String>,
-    processing_latency: Option<i32>,
-    details: serde_json::Value,
-    seq: i64,
-    leaf_hash: Vec<u8>,
-}
-
-impl TryFrom<Row> for StoredEvent {
-    type Error = AuditError;
-
-    fn try_from(r: Row) -> Result<Self, AuditError> {
-        let bad = |what: &str| AuditError::integrity(format!("stored event {} has {what}", r.event_id));
-        let status = Status::parse(&r.status).ok_or_else(|| bad("an unknown status"))?;
-        let data_classification =
-            DataClassification::parse(&r.data_classification).ok_or_else(|| bad("an unknown classification"))?;
-        let details = match r.details {
-            serde_json::Value::Object(ref m) => m.clone(),
-            _ => return Err(bad("details that are not an object")),
-        };
-        let leaf_hash: [u8; 32] = r.leaf_hash.as_slice().try_into().map_err(|_| bad("a leaf hash of wrong length"))?;
-        Ok(StoredEvent {
-            id: r.id,
-            ingested_at: r.ingested_at,
-            seq: r.seq,
-            leaf_hash,
-            event: NewEvent {
-                event_id: r.event_id,
-                event_id_supplied: true,
-                timestamp: r.timestamp,
-                action: r.action,
-                status,
-                principal_id: r.principal_id,
-                organization_id: r.organization_id,
-                target_resource_type: r.target_resource_type,
-                target_resource_id: r.target_resource_id,
-                outcome_description: r.outcome_description,
-                correlation_id: r.correlation_id,
-                data_classification,
-                retention_policy: r.retention_policy,
-                event_version: r.event_version,
-                ttl: r.ttl,
-                processing_latency: r.processing_latency,
-                details,
-            },
-        })
-    }
-}
+/// The full row: diesel's `all_columns` of the table, declared in `audit_pg::EVENT_COLUMNS` order (what
+/// `stored_event_from_row` reads).
+const ROW: <audit_log::table as diesel::Table>::AllColumns = audit_log::all_columns;
 
 type Boxed<'a> = audit_log::BoxedQuery<'a, Pg>;
 
@@ -147,7 +81,7 @@ fn filtered(f: &EventFilter) -> Boxed<'static> {
 }
 
 /// One page of matching events, newest first, with a cursor when more match.
-pub async fn query(conn: &mut AsyncPgConnection, f: &EventFilter) -> Result<Page, AuditError> {
+pub(crate) async fn query(conn: &mut PgConn, f: &EventFilter) -> Result<Page, AuditError> {
     if let Some(d) = &f.details_contains
         && !d.is_object()
     {
@@ -162,15 +96,10 @@ pub async fn query(conn: &mut AsyncPgConnection, f: &EventFilter) -> Result<Page
                 .or(audit_log::timestamp.eq(c.timestamp).and(audit_log::event_id.lt(c.event_id))),
         );
     }
-    let rows: Vec<Row> = q
-        .order((audit_log::timestamp.desc(), audit_log::event_id.desc()))
-        .limit(i64::from(limit) + 1)
-        .select(Row::as_select())
-        .load(conn)
-        .await
-        .map_err(|e| diesel_error(e, "querying events"))?;
+    let q = q.order((audit_log::timestamp.desc(), audit_log::event_id.desc())).limit(i64::from(limit) + 1).select(ROW);
+    let rows = build_query(&q)?.fetch(conn, "querying events").await?;
     let more = rows.len() > limit as usize;
-    let mut events = rows.into_iter().take(limit as usize).map(StoredEvent::try_from).collect::<Result<Vec<_>, _>>()?;
+    let mut events = rows.iter().take(limit as usize).map(stored_event_from_row).collect::<Result<Vec<_>, _>>()?;
     events.shrink_to_fit();
     let next_cursor = if more {
         events.last().map(|e| Cursor { timestamp: e.event.timestamp, event_id: e.event.event_id })
@@ -181,18 +110,18 @@ pub async fn query(conn: &mut AsyncPgConnection, f: &EventFilter) -> Result<Page
 }
 
 /// How many events match (paging fields are ignored).
-pub async fn count(conn: &mut AsyncPgConnection, f: &EventFilter) -> Result<i64, AuditError> {
-    filtered(f).select(count_star()).get_result(conn).await.map_err(|e| diesel_error(e, "counting events"))
+pub(crate) async fn count(conn: &mut PgConn, f: &EventFilter) -> Result<i64, AuditError> {
+    let q = filtered(f).select(count_star());
+    let row = build_query(&q)?.fetch_optional(conn, "counting events").await?;
+    row.map(|r| r.try_get::<_, i64>(0))
+        .transpose()
+        .map_err(|e| audit_pg::pg_error(e, "counting events"))
+        .map(|n| n.unwrap_or(0))
 }
 
 /// The event with this id, if stored.
-pub async fn get(conn: &mut AsyncPgConnection, event_id: Uuid) -> Result<Option<StoredEvent>, AuditError> {
-    let row: Option<Row> = audit_log::table
-        .filter(audit_log::event_id.eq(event_id))
-        .select(Row::as_select())
-        .first(conn)
-        .await
-        .optional()
-        .map_err(|e| diesel_error(e, "looking up an event"))?;
-    row.map(StoredEvent::try_from).transpose()
+pub(crate) async fn get(conn: &mut PgConn, event_id: Uuid) -> Result<Option<StoredEvent>, AuditError> {
+    let q = audit_log::table.filter(audit_log::event_id.eq(event_id)).select(ROW).limit(1);
+    let row = build_query(&q)?.fetch_optional(conn, "looking up an event").await?;
+    row.as_ref().map(stored_event_from_row).transpose()
 }

@@ -1,19 +1,22 @@
-//! audit-core: the types, validation rules, error classes, integrity primitives and traits shared by every
-//! audit-db crate.
+//! audit-core: the vocabulary shared by every audit-db crate — events, validation rules, filters, errors and the
+//! traits through which the crates meet.
 //!
 //! Architecture invariant: this crate does no I/O — no sockets, no files, no clock reads except where a caller
 //! passes `now`. Everything here is deterministic and unit-testable.
 
-pub mod config;
+#![warn(missing_docs, clippy::print_stdout, clippy::print_stderr)]
+
 pub mod error;
 pub mod event;
 pub mod filter;
-pub mod integrity;
+pub mod metrics;
+pub mod retry;
 pub mod traits;
 pub mod validate;
 
-pub use error::{AuditError, AuditResult, ErrorClass, classify_sqlstate};
+pub use error::{AuditError, AuditResult, ErrorClass, ErrorKind, SqlState, classify_sqlstate};
 pub use event::{DataClassification, NewEvent, Status, StoredEvent};
 pub use filter::{Cursor, EventFilter, Page, TimeRange};
+pub use retry::RetrySchedule;
 pub use traits::*;
 pub use validate::{ValidationError, Validator};

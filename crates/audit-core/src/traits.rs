@@ -19,6 +19,23 @@ pub trait PartitionProvisioner: Send + Sync + 'static {
     /// Forgets what the provisioner believes exists, so the next `ensure_covering` reads the catalog again. The
     /// write path calls it when the database says a partition it believed in is gone (another process dropped it).
     fn forget_known(&self) {}
+
+    /// Whether a unique index covers exactly `(event_id, timestamp)` on every partition, so that the write path may
+    /// let it refuse a duplicate instead of looking every key up first. `false` (always look up) is always safe.
+    fn event_key_is_unique(&self) -> bool {
+        false
+    }
+
+    /// How often the client should run [`Self::maintain`] in the background (`partition.autoMaintenance`);
+    /// `None`: never (maintenance is run by an operator or another process).
+    fn maintenance_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// One round of maintenance (premake ahead, retention, analysis), safe to run from many instances at once.
+    fn maintain(&self) -> impl Future<Output = AuditResult<()>> + Send {
+        std::future::ready(Ok(()))
+    }
 }
 
 /// Wraps an operation with failure handling (circuit breaker, bounded retry, deadline) without knowing what the
@@ -136,6 +153,9 @@ pub trait QueryCache: Send + Sync + 'static {
     /// Current counters.
     fn stats(&self) -> CacheStats;
 
+    /// Drops every cached answer this cache can reach (the seed's `cache.clear()`); returns how many entries went.
+    fn clear(&self) -> impl Future<Output = AuditResult<u64>> + Send;
+
     /// Health of the cache's dependencies (Redis), for the health report.
     fn health(&self) -> Vec<ComponentHealth> {
         Vec::new()
@@ -159,6 +179,10 @@ impl QueryCache for NoCache {
 
     fn stats(&self) -> CacheStats {
         CacheStats::default()
+    }
+
+    async fn clear(&self) -> AuditResult<u64> {
+        Ok(0)
     }
 }
 

@@ -95,26 +95,50 @@ impl Validator {
         self.validate_value(value, now)
     }
 
-    /// Validates one event given as a parsed JSON value.
+    /// Validates one event given as a parsed JSON value: the object and its field names, then each field in turn
+    /// (each stage names the field it refuses).
     pub fn validate_value(&self, value: Value, now: DateTime<Utc>) -> Result<NewEvent, ValidationError> {
-        let Value::Object(mut obj) = value else {
-            return Err(ValidationError::new("event", format!("expected a JSON object, got {}", kind(&value))));
-        };
-        if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            let hint = suggestion(unknown).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
-            return Err(ValidationError::new(unknown.clone(), format!("unknown field{hint}")));
-        }
-
+        let mut obj = known_fields(value)?;
         let action = req_string(&mut obj, "action", MAX_ID_CHARS)?;
         if action.trim().is_empty() {
             return Err(ValidationError::new("action", "must not be empty"));
         }
         let status_text = req_string(&mut obj, "status", 32)?;
-        let status = Status::parse(&status_text).ok_or_else(|| {
-            ValidationError::new("status", format!("`{status_text}` is not one of attempt, success, failure"))
-        })?;
+        let status = status_text.parse::<Status>().map_err(|e| ValidationError::new("status", e.to_string()))?;
+        let timestamp = self.timestamp(&mut obj, now)?;
+        let (event_id, event_id_supplied) = event_id(&mut obj, now)?;
+        let data_classification = match opt_string(&mut obj, "data_classification", 32)? {
+            None => DataClassification::Internal,
+            Some(s) => s
+                .parse::<DataClassification>()
+                .map_err(|e| ValidationError::new("data_classification", e.to_string()))?,
+        };
+        Ok(NewEvent {
+            event_id,
+            event_id_supplied,
+            timestamp,
+            action,
+            status,
+            principal_id: opt_identifier(&mut obj, "principal_id")?,
+            organization_id: opt_identifier(&mut obj, "organization_id")?,
+            target_resource_type: opt_identifier(&mut obj, "target_resource_type")?,
+            target_resource_id: opt_identifier(&mut obj, "target_resource_id")?,
+            outcome_description: opt_string(&mut obj, "outcome_description", MAX_OUTCOME_CHARS)?,
+            correlation_id: opt_identifier(&mut obj, "correlation_id")?,
+            data_classification,
+            retention_policy: opt_identifier_limited(&mut obj, "retention_policy", MAX_POLICY_CHARS)?
+                .unwrap_or_else(|| "standard".into()),
+            event_version: opt_identifier_limited(&mut obj, "event_version", MAX_VERSION_CHARS)?
+                .unwrap_or_else(|| "1.0".into()),
+            ttl: opt_identifier_limited(&mut obj, "ttl", MAX_TTL_CHARS)?,
+            processing_latency: processing_latency(&mut obj)?,
+            details: self.details(&mut obj)?,
+        })
+    }
 
-        let ts_text = req_string(&mut obj, "timestamp", 64)?;
+    /// `timestamp`: RFC 3339 with an offset, to UTC microseconds, not too far in the future, not before 1970.
+    fn timestamp(&self, obj: &mut Map<String, Value>, now: DateTime<Utc>) -> Result<DateTime<Utc>, ValidationError> {
+        let ts_text = req_string(obj, "timestamp", 64)?;
         let timestamp = DateTime::parse_from_rfc3339(&ts_text)
             .map_err(|e| {
                 ValidationError::new(
@@ -136,64 +160,14 @@ impl Validator {
         if timestamp < earliest_timestamp() {
             return Err(ValidationError::new("timestamp", format!("`{ts_text}` is before 1970-01-01")));
         }
+        Ok(timestamp)
+    }
 
-        let (event_id, event_id_supplied) = match obj.remove("event_id") {
-            None | Some(Value::Null) => (Uuid::now_v7(), false),
-            Some(Value::String(s)) => {
-                let id = Uuid::parse_str(&s)
-                    .map_err(|_| ValidationError::new("event_id", format!("`{s}` is not a UUID")))?;
-                (id, true)
-            }
-            Some(other) => {
-                return Err(ValidationError::new("event_id", format!("expected a UUID string, got {}", kind(&other))));
-            }
-        };
-
-        let principal_id = opt_identifier(&mut obj, "principal_id")?;
-        let organization_id = opt_identifier(&mut obj, "organization_id")?;
-        let target_resource_type = opt_identifier(&mut obj, "target_resource_type")?;
-        let target_resource_id = opt_identifier(&mut obj, "target_resource_id")?;
-        let correlation_id = opt_identifier(&mut obj, "correlation_id")?;
-        let outcome_description = opt_string(&mut obj, "outcome_description", MAX_OUTCOME_CHARS)?;
-
-        let data_classification = match opt_string(&mut obj, "data_classification", 32)? {
-            None => DataClassification::Internal,
-            Some(s) => DataClassification::parse(&s).ok_or_else(|| {
-                ValidationError::new(
-                    "data_classification",
-                    format!("`{s}` is not one of PUBLIC, INTERNAL, CONFIDENTIAL, PHI, FINANCIAL"),
-                )
-            })?,
-        };
-        let retention_policy = opt_identifier_limited(&mut obj, "retention_policy", MAX_POLICY_CHARS)?
-            .unwrap_or_else(|| "standard".into());
-        let event_version =
-            opt_identifier_limited(&mut obj, "event_version", MAX_VERSION_CHARS)?.unwrap_or_else(|| "1.0".into());
-        let ttl = opt_identifier_limited(&mut obj, "ttl", MAX_TTL_CHARS)?;
-
-        let processing_latency = match obj.remove("processing_latency") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => {
-                let v = n.as_i64().filter(|v| (0..=i64::from(i32::MAX)).contains(v)).ok_or_else(|| {
-                    ValidationError::new(
-                        "processing_latency",
-                        format!("`{n}` is not a whole number of milliseconds between 0 and {}", i32::MAX),
-                    )
-                })?;
-                Some(v as i32)
-            }
-            Some(other) => {
-                return Err(ValidationError::new(
-                    "processing_latency",
-                    format!("expected an integer (milliseconds), got {}", kind(&other)),
-                ));
-            }
-        };
-
-        let details = match obj.remove("details") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => {
-                let mut m = m;
+    /// `details`: an object (absent → empty), numbers in PostgreSQL's numeric form, within the size limit.
+    fn details(&self, obj: &mut Map<String, Value>) -> Result<Map<String, Value>, ValidationError> {
+        match obj.remove("details") {
+            None | Some(Value::Null) => Ok(Map::new()),
+            Some(Value::Object(mut m)) => {
                 normalize_details(&mut m, "details")?;
                 let size = serde_json::to_vec(&m).map(|v| v.len()).unwrap_or(usize::MAX);
                 if size > self.max_details_bytes {
@@ -202,33 +176,66 @@ impl Validator {
                         format!("is {size} bytes, more than the {} byte limit", self.max_details_bytes),
                     ));
                 }
-                m
+                Ok(m)
             }
             Some(other) => {
-                return Err(ValidationError::new("details", format!("expected a JSON object, got {}", kind(&other))));
+                Err(ValidationError::new("details", format!("expected a JSON object, got {}", kind(&other))))
             }
-        };
-
-        Ok(NewEvent {
-            event_id,
-            event_id_supplied,
-            timestamp,
-            action,
-            status,
-            principal_id,
-            organization_id,
-            target_resource_type,
-            target_resource_id,
-            outcome_description,
-            correlation_id,
-            data_classification,
-            retention_policy,
-            event_version,
-            ttl,
-            processing_latency,
-            details,
-        })
+        }
     }
+}
+
+/// The event's object, refusing a non-object and any unknown field by name (with a "did you mean" for the camelCase
+/// spellings of the seed's TypeScript API).
+fn known_fields(value: Value) -> Result<Map<String, Value>, ValidationError> {
+    let Value::Object(obj) = value else {
+        return Err(ValidationError::new("event", format!("expected a JSON object, got {}", kind(&value))));
+    };
+    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        let hint = suggestion(unknown).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+        return Err(ValidationError::new(unknown.clone(), format!("unknown field{hint}")));
+    }
+    Ok(obj)
+}
+
+/// `event_id`: the caller's UUID (then a re-send is recognised), or a fresh time-ordered one.
+fn event_id(obj: &mut Map<String, Value>, now: DateTime<Utc>) -> Result<(Uuid, bool), ValidationError> {
+    match obj.remove("event_id") {
+        None | Some(Value::Null) => Ok((event_id_at(now), false)),
+        Some(Value::String(s)) => {
+            let id =
+                Uuid::parse_str(&s).map_err(|_| ValidationError::new("event_id", format!("`{s}` is not a UUID")))?;
+            Ok((id, true))
+        }
+        Some(other) => Err(ValidationError::new("event_id", format!("expected a UUID string, got {}", kind(&other)))),
+    }
+}
+
+/// `processing_latency`: whole milliseconds in `0..=i32::MAX`, or absent.
+fn processing_latency(obj: &mut Map<String, Value>) -> Result<Option<i32>, ValidationError> {
+    match obj.remove("processing_latency") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            let v = n.as_i64().filter(|v| (0..=i64::from(i32::MAX)).contains(v)).ok_or_else(|| {
+                ValidationError::new(
+                    "processing_latency",
+                    format!("`{n}` is not a whole number of milliseconds between 0 and {}", i32::MAX),
+                )
+            })?;
+            Ok(Some(v as i32))
+        }
+        Some(other) => Err(ValidationError::new(
+            "processing_latency",
+            format!("expected an integer (milliseconds), got {}", kind(&other)),
+        )),
+    }
+}
+
+/// A fresh UUIDv7 for an event that came without an id, time-ordered by the validation time `now` (so ids the
+/// library generates sort with time, which keeps index insertions at the right edge of the b-tree).
+fn event_id_at(now: DateTime<Utc>) -> Uuid {
+    let secs = u64::try_from(now.timestamp()).unwrap_or(0);
+    Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, now.timestamp_subsec_nanos()))
 }
 
 fn kind(v: &Value) -> String {

@@ -24,7 +24,8 @@ pub type ArchiveFuture<'a, T> = Pin<Box<dyn Future<Output = AuditResult<T>> + Se
 /// What an archive is asked to keep: one partition's events, already written to a local staged file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ArchiveManifest {
-    /// Always `ndjson+gzip`: one JSON object per line (the row, column names as keys), gzip-compressed.
+    /// Always `ndjson+gzip`: one event per line in the JSON form of `audit_core::StoredEvent` (the form of
+    /// `audit-db query` and evidence packs), gzip-compressed.
     pub format: String,
     /// The partition the events came from.
     pub partition: String,
@@ -164,6 +165,7 @@ pub(crate) struct StagedWriter {
     enc: GzEncoder<HashingWriter<BufWriter<File>>>,
     path: PathBuf,
     rows: u64,
+    line: Vec<u8>,
 }
 
 impl StagedWriter {
@@ -174,18 +176,18 @@ impl StagedWriter {
         }
         let file = File::create(&path).map_err(|e| io_err(e, "creating", &path))?;
         let hw = HashingWriter { inner: BufWriter::new(file), hasher: Sha256::new(), bytes: 0 };
-        Ok(Self { enc: GzEncoder::new(hw, Compression::default()), path, rows: 0 })
+        Ok(Self { enc: GzEncoder::new(hw, Compression::default()), path, rows: 0, line: Vec::new() })
     }
 
-    /// Appends JSON lines (each already one JSON object without newline).
-    pub(crate) fn write_lines(&mut self, lines: &[String]) -> AuditResult<()> {
-        for l in lines {
-            self.enc
-                .write_all(l.as_bytes())
-                .and_then(|_| self.enc.write_all(b"\n"))
-                .map_err(|e| io_err(e, "writing", &self.path))?;
-            self.rows += 1;
-        }
+    /// Appends `value` as one JSON line.
+    pub(crate) fn write_json<T: Serialize>(&mut self, value: &T) -> AuditResult<()> {
+        // One write per line: the encoder pays per call, serde_json writes token by token.
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, value)
+            .map_err(|e| AuditError::permanent(format!("archive: encoding a line of {}: {e}", self.path.display())))?;
+        self.line.push(b'\n');
+        self.enc.write_all(&self.line).map_err(|e| io_err(e, "writing", &self.path))?;
+        self.rows += 1;
         Ok(())
     }
 
@@ -211,7 +213,9 @@ mod tests {
         let archive = DirArchive::new(dir.path().join("arch"));
         let staged_path = archive.staging_dir().join("p.ndjson.gz.part");
         let mut w = StagedWriter::create(staged_path.clone()).unwrap();
-        w.write_lines(&["{\"a\":1}".to_string(), "{\"a\":2}".to_string()]).unwrap();
+        for v in [serde_json::json!({"a": 1}), serde_json::json!({"a": 2})] {
+            w.write_json(&v).unwrap();
+        }
         let (path, rows, sha, bytes) = w.finish().unwrap();
         assert_eq!(rows, 2);
         assert_eq!(sha256_file(&path).unwrap(), sha);
@@ -237,9 +241,9 @@ mod tests {
 
         // A staged file that does not match its manifest is refused.
         let mut w = StagedWriter::create(archive.staging_dir().join("q.part")).unwrap();
-        w.write_lines(&["{}".to_string()]).unwrap();
+        w.write_json(&serde_json::json!({})).unwrap();
         let (path, ..) = w.finish().unwrap();
         let bad = ArchiveManifest { file_name: "q.ndjson.gz".into(), ..manifest };
-        assert_eq!(archive.store(&path, &bad).await.unwrap_err().class, audit_core::ErrorClass::Integrity);
+        assert_eq!(archive.store(&path, &bad).await.unwrap_err().class(), audit_core::ErrorClass::Integrity);
     }
 }

@@ -5,21 +5,34 @@
 //! `data_classification`), retention with archive and legal holds, status/analysis, and maintenance coordinated
 //! across instances by a session-level advisory lock.
 //!
+//! Every statement runs under the manager's [`audit_core::ResiliencePolicy`] (deadline, circuit breaker), on
+//! connections opened through an [`audit_pg::Connector`] (connect timeout, UTC sessions): a small pool for
+//! on-demand work, dedicated connections only where the session matters (the maintenance lock holder; the
+//! maintenance session that detaches concurrently, archives through a cursor and drops).
+//!
 //! Rules kept everywhere: a partition is built detached and attached with `ATTACH PARTITION` (SHARE UPDATE
 //! EXCLUSIVE on `audit_log`, so readers and writers are never blocked), dropped only after `DETACH … CONCURRENTLY`;
-//! every DDL runs under `lock_timeout` with bounded retry; there is never a DEFAULT partition.
+//! every DDL runs under `lock_timeout`, retried on lock timeouts over an [`audit_core::RetrySchedule`]; there is
+//! never a DEFAULT partition.
 
 mod archive;
+mod catalog;
+mod config;
 mod db;
+mod drop;
+mod holds;
 mod maintenance;
 mod manager;
+pub mod metrics;
 mod period;
 mod retention;
 mod status;
 
 pub use archive::{Archive, ArchiveFuture, ArchiveManifest, ArchiveReceipt, DirArchive, sha256_file};
+pub use config::{PartitionConfig, PartitionInterval, PartitionStrategy};
+pub use holds::{HoldTarget, LegalHold};
 pub use maintenance::MaintenanceReport;
-pub use manager::{EVENT_KEY_INDEX, HoldTarget, LegalHold, MAINTENANCE_LOCK_KEY, PartitionManager, strategy_name};
-pub use period::{PARENT_TABLE, Period, interval_name, ts_literal};
+pub use manager::{EVENT_KEY_INDEX, MAINTENANCE_LOCK_KEY, PartitionManager};
+pub use period::{PARENT_TABLE, Period, ts_literal};
 pub use retention::{RetentionAction, RetentionItem, RetentionReport, RetentionRules};
 pub use status::{OversizedPartition, PartitionAnalysis, PartitionState, PartitionStatus};

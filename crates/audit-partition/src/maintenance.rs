@@ -1,16 +1,19 @@
 //! Maintenance = premake + retention + analysis, run by at most one instance at a time.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use audit_core::AuditResult;
+use audit_core::{AuditResult, ResiliencePolicy};
+use audit_pg::pg_error;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use crate::db;
-use crate::manager::PartitionManager;
-use crate::retention::{RetentionReport, try_lock, unlock};
+use crate::db::On;
+use crate::manager::{MAINTENANCE_LOCK_KEY, PartitionManager};
+use crate::metrics::{MAINTENANCE_RUNS, MAINTENANCE_SKIPPED};
+use crate::retention::RetentionReport;
 use crate::status::PartitionAnalysis;
 
 /// What one `maintain()` call did.
@@ -34,44 +37,44 @@ pub struct MaintenanceReport {
     pub finished_at: DateTime<Utc>,
 }
 
-impl PartitionManager {
+impl<R: ResiliencePolicy> PartitionManager<R> {
     /// Premake, retention and analysis under `pg_try_advisory_lock` held on a dedicated connection. When another
     /// instance holds the lock this returns at once with `ran: false` and the reason. Without an archive,
     /// retention runs as a dry run (nothing is dropped) and says so in its notes.
     pub async fn maintain(&self) -> AuditResult<MaintenanceReport> {
         let started_at = Utc::now();
-        let lock = db::connect(&self.url, "audit-partition-lock").await?;
-        if !try_lock(&lock).await? {
-            tracing::info!("partition maintenance skipped: another instance holds the lock");
-            metrics::counter!("audit_partition_maintenance_skipped_total").increment(1);
-            return Ok(MaintenanceReport {
-                instance: self.actor.clone(),
-                ran: false,
-                skipped_reason: Some("another instance holds the partition maintenance lock".into()),
-                created: Vec::new(),
-                retention: None,
-                analysis: None,
-                started_at,
-                finished_at: Utc::now(),
-            });
+        let report = self.with_maintenance_lock(self.maintain_locked(started_at)).await?;
+        match report {
+            Some(report) => {
+                metrics::counter!(MAINTENANCE_RUNS).increment(1);
+                Ok(report)
+            }
+            None => {
+                tracing::info!("partition maintenance skipped: another instance holds the lock");
+                metrics::counter!(MAINTENANCE_SKIPPED).increment(1);
+                Ok(MaintenanceReport {
+                    instance: self.actor.clone(),
+                    ran: false,
+                    skipped_reason: Some("another instance holds the partition maintenance lock".into()),
+                    created: Vec::new(),
+                    retention: None,
+                    analysis: None,
+                    started_at,
+                    finished_at: Utc::now(),
+                })
+            }
         }
-        let res = self.maintain_locked(started_at).await;
-        unlock(&lock).await;
-        drop(lock);
-        metrics::counter!("audit_partition_maintenance_runs_total").increment(1);
-        res
     }
 
     async fn maintain_locked(&self, started_at: DateTime<Utc>) -> AuditResult<MaintenanceReport> {
-        let mut work = db::connect(&self.url, "audit-partition-maintenance").await?;
         let now = Utc::now();
-        let created = self.premake_on(&mut work, now).await?;
-        let retention = match self.archive.clone() {
-            Some(archive) => self.run_retention(&mut work, archive, now).await?,
-            None => self.plan_report(&work, now).await?,
+        let created = self.premake_at(now).await?;
+        let retention = match self.archive {
+            Some(_) => self.run_retention(now).await?,
+            None => self.plan_report(On::Pool, now).await?,
         };
-        self.refresh_known(&work).await?;
-        let analysis = self.analyze_on(&work, Utc::now()).await?;
+        self.refresh_known(On::Pool).await?;
+        let analysis = self.analyze_on(On::Pool, Utc::now()).await?;
         let report = MaintenanceReport {
             instance: self.actor.clone(),
             ran: true,
@@ -84,6 +87,43 @@ impl PartitionManager {
         };
         tracing::info!(created = report.created.len(), "partition maintenance finished");
         Ok(report)
+    }
+
+    /// Runs `work` (a future, so nothing of it runs before it is awaited) while this instance holds the
+    /// maintenance lock (session-level `pg_try_advisory_lock` on a connection used for nothing else); `None`
+    /// without running it when another instance holds the lock.
+    pub(crate) async fn with_maintenance_lock<T: Send>(
+        &self,
+        work: impl Future<Output = AuditResult<T>> + Send,
+    ) -> AuditResult<Option<T>> {
+        let holder = self.dedicated("audit-partition lock").await?;
+        let holder = &holder;
+        let locked: bool = self
+            .guarded(move || async move {
+                holder
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK_KEY])
+                    .await
+                    .map(|r| r.get(0))
+                    .map_err(|e| pg_error(e, "taking the maintenance lock"))
+            })
+            .await?;
+        if !locked {
+            return Ok(None);
+        }
+        let result = work.await;
+        // Closing the connection releases the lock too; unlocking makes it prompt.
+        let unlocked = self
+            .guarded(move || async move {
+                holder
+                    .execute("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK_KEY])
+                    .await
+                    .map_err(|e| pg_error(e, "releasing the maintenance lock"))
+            })
+            .await;
+        if let Err(e) = unlocked {
+            tracing::warn!(error = %e, "releasing the maintenance lock failed; it goes with the connection");
+        }
+        result.map(Some)
     }
 
     /// Runs [`Self::maintain`] every `interval` until the handle is aborted; failures are logged and retried at

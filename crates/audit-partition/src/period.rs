@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use audit_core::config::PartitionInterval;
+use crate::config::PartitionInterval;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use serde::Serialize;
 
@@ -67,15 +67,6 @@ impl Ord for Period {
     /// Chronological by start, then by interval (only meaningful within one interval, which is the only use).
     fn cmp(&self, other: &Self) -> Ordering {
         self.start().cmp(&other.start()).then_with(|| interval_rank(self.interval).cmp(&interval_rank(other.interval)))
-    }
-}
-
-/// Interval as stored in the config table and shown to operators.
-pub fn interval_name(i: PartitionInterval) -> &'static str {
-    match i {
-        PartitionInterval::Monthly => "monthly",
-        PartitionInterval::Quarterly => "quarterly",
-        PartitionInterval::Yearly => "yearly",
     }
 }
 

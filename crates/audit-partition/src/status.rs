@@ -1,13 +1,13 @@
 //! Status and analysis of the partition tree, as serialisable reports for the CLI (json or table).
 
-use audit_core::AuditResult;
+use audit_core::{AuditResult, ResiliencePolicy};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::Client;
 
-use crate::db::pg_err;
-use crate::manager::{PartitionManager, strategy_name};
-use crate::period::{Period, interval_name};
+use crate::catalog::{CatalogPartition, Detail, list_partitions};
+use crate::db::On;
+use crate::manager::PartitionManager;
+use crate::period::Period;
 use crate::retention::RetentionAction;
 
 /// Whether a partition is fully attached or half-way through `DETACH … CONCURRENTLY`.
@@ -79,40 +79,58 @@ pub struct PartitionAnalysis {
     pub detaching: Vec<String>,
 }
 
-impl PartitionManager {
+impl From<CatalogPartition> for PartitionStatus {
+    fn from(p: CatalogPartition) -> Self {
+        PartitionStatus {
+            sub_partitioning: p.sub_partitioning().map(str::to_string),
+            estimated_rows: p.estimated_rows.map(|v| v.round() as i64),
+            state: if p.detach_pending { PartitionState::Detaching } else { PartitionState::Attached },
+            name: p.name,
+            range_from: p.range_from,
+            range_to: p.range_to,
+            bound: p.bound,
+            leaves: p.leaves.unwrap_or(1),
+            total_bytes: p.total_bytes.unwrap_or(0),
+            index_count: p.index_count,
+        }
+    }
+}
+
+impl<R: ResiliencePolicy> PartitionManager<R> {
     /// Every time partition with bounds, size, estimated rows, index count and state, in name (= time) order.
     pub async fn status(&self) -> AuditResult<Vec<PartitionStatus>> {
-        let client = self.client().await?;
-        status_on(&client).await
+        self.status_on(On::Pool).await
+    }
+
+    async fn status_on(&self, on: On<'_>) -> AuditResult<Vec<PartitionStatus>> {
+        let parts = self.run(on, |c| async move { list_partitions(&*c, Detail::Sizes).await }).await?;
+        Ok(parts.into_iter().map(PartitionStatus::from).collect())
     }
 
     /// Missing future periods, oversized partitions, partitions past retention and held partitions.
     pub async fn analyze(&self) -> AuditResult<PartitionAnalysis> {
-        let client = self.client().await?;
-        self.analyze_on(&client, Utc::now()).await
+        self.analyze_on(On::Pool, Utc::now()).await
     }
 
-    pub(crate) async fn analyze_on(&self, client: &Client, now: DateTime<Utc>) -> AuditResult<PartitionAnalysis> {
-        let parts = status_on(client).await?;
+    pub(crate) async fn analyze_on(&self, on: On<'_>, now: DateTime<Utc>) -> AuditResult<PartitionAnalysis> {
+        let parts = self.status_on(on).await?;
         let interval = self.config.interval;
         let present: std::collections::HashSet<Period> = parts
             .iter()
             .filter(|p| p.state == PartitionState::Attached)
             .filter_map(|p| Period::from_bounds(interval, p.range_from?, p.range_to?))
             .collect();
-        let mut missing_future = Vec::new();
-        let mut p = Period::of(interval, now);
-        for _ in 0..=self.config.premake {
-            if !present.contains(&p) {
-                missing_future.push(p.table_name());
-            }
-            p = p.next();
-        }
-        let plan = self.plan_report(client, now).await?;
+        let first = Period::of(interval, now);
+        let missing_future = (0..=i64::from(self.config.premake))
+            .map(|i| first.offset(i))
+            .filter(|p| !present.contains(p))
+            .map(|p| p.table_name())
+            .collect();
+        let plan = self.plan_report(on, now).await?;
         Ok(PartitionAnalysis {
             evaluated_at: now,
-            strategy: strategy_name(self.config.strategy).into(),
-            interval: interval_name(interval).into(),
+            strategy: self.config.strategy.as_str().into(),
+            interval: interval.as_str().into(),
             partitions: parts.len(),
             missing_future,
             oversized: parts
@@ -136,46 +154,4 @@ impl PartitionManager {
             detaching: parts.iter().filter(|p| p.state == PartitionState::Detaching).map(|p| p.name.clone()).collect(),
         })
     }
-}
-
-async fn status_on(client: &Client) -> AuditResult<Vec<PartitionStatus>> {
-    let rows = client
-        .query(
-            "SELECT c.relname::text, \
-                    (regexp_match(b.expr, $$FROM \\('([^']+)'\\)$$))[1]::timestamptz, \
-                    (regexp_match(b.expr, $$TO \\('([^']+)'\\)$$))[1]::timestamptz, \
-                    b.expr, \
-                    CASE pt.partstrat WHEN 'h' THEN 'hash' WHEN 'l' THEN 'list' WHEN 'r' THEN 'range' END, \
-                    (SELECT count(*) FROM pg_partition_tree(c.oid) t WHERE t.isleaf), \
-                    (SELECT sum(lc.reltuples)::float8 FROM pg_partition_tree(c.oid) t \
-                       JOIN pg_class lc ON lc.oid = t.relid WHERE t.isleaf AND lc.reltuples >= 0), \
-                    (SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0)::bigint \
-                       FROM pg_partition_tree(c.oid) t), \
-                    (SELECT count(*) FROM pg_index x WHERE x.indrelid = c.oid), \
-                    i.inhdetachpending \
-             FROM pg_inherits i \
-             JOIN pg_class c ON c.oid = i.inhrelid \
-             CROSS JOIN LATERAL (SELECT pg_get_expr(c.relpartbound, c.oid) AS expr) b \
-             LEFT JOIN pg_partitioned_table pt ON pt.partrelid = c.oid \
-             WHERE i.inhparent = 'audit_log'::regclass \
-             ORDER BY c.relname",
-            &[],
-        )
-        .await
-        .map_err(|e| pg_err(e, "reading partition status"))?;
-    Ok(rows
-        .iter()
-        .map(|r| PartitionStatus {
-            name: r.get(0),
-            range_from: r.get(1),
-            range_to: r.get(2),
-            bound: r.get(3),
-            sub_partitioning: r.get(4),
-            leaves: r.get(5),
-            estimated_rows: r.get::<_, Option<f64>>(6).map(|v| v.round() as i64),
-            total_bytes: r.get(7),
-            index_count: r.get(8),
-            state: if r.get::<_, bool>(9) { PartitionState::Detaching } else { PartitionState::Attached },
-        })
-        .collect())
 }

@@ -3,73 +3,40 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use audit_core::config::{PartitionConfig, PartitionInterval, PartitionStrategy};
-use audit_core::{DataClassification, ErrorClass, PartitionProvisioner};
-use audit_partition::{HoldTarget, PartitionManager, Period, RetentionAction};
+use audit_core::{
+    AuditError, AuditResult, DataClassification, ErrorClass, ErrorKind, PartitionProvisioner, ResiliencePolicy,
+    SqlState, StoredEvent,
+};
+use audit_partition::{
+    HoldTarget, PartitionConfig, PartitionInterval, PartitionManager, PartitionStrategy, Period, RetentionAction,
+};
+use audit_pg::{ConnectOptions, Connector};
+use audit_testkit::TestDb;
 use chrono::{DateTime, TimeDelta, Utc};
-use rand::Rng;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-const MIGRATION_1: &str = include_str!("../../../migrations/2026-11-25-000001_audit_log/up.sql");
-const MIGRATION_2: &str = include_str!("../../../migrations/2026-11-25-000002_partition_manager/up.sql");
-
-fn base_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+/// A fresh database (the test kit's) with every migration applied, and a connector to it.
+struct Db {
+    db: TestDb,
+    connector: Connector,
 }
 
-fn url_for(db: &str) -> String {
-    let base = base_url();
-    let (prefix, rest) = base.rsplit_once('/').expect("DATABASE_URL has a database part");
-    let query = rest.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
-    format!("{prefix}/{db}{query}")
-}
-
-async fn connect(url: &str) -> Client {
-    let (c, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    c.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
-    c
-}
-
-/// A throw-away database; dropped (with FORCE) when the value goes, even if the test panicked.
-struct TestDb {
-    name: String,
-    url: String,
-}
-
-impl TestDb {
+impl Db {
     async fn new() -> Self {
-        let name = format!("partition_{:016x}", rand::thread_rng().r#gen::<u64>());
-        let admin = connect(&base_url()).await;
-        admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'")).await.unwrap();
-        let url = url_for(&name);
-        let c = connect(&url).await;
-        c.batch_execute(MIGRATION_1).await.expect("migration 1");
-        c.batch_execute(MIGRATION_2).await.expect("migration 2");
-        TestDb { name, url }
+        let db = TestDb::create("partition").await;
+        let connector = Connector::new(&db.url, ConnectOptions::default()).expect("connector");
+        audit_pg::run_migrations(&connector).await.expect("migrations");
+        Db { db, connector }
     }
-    async fn client(&self) -> Client {
-        connect(&self.url).await
-    }
-}
 
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                if let Ok((c, conn)) = tokio_postgres::connect(&base_url(), NoTls).await {
-                    tokio::spawn(conn);
-                    let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-                }
-            });
-        })
-        .join();
+    /// A plain SQL connection for the test's own checks, in UTC (bound texts are compared as printed).
+    async fn client(&self) -> Client {
+        let c = audit_testkit::sql(&self.db.url).await;
+        c.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+        c
     }
 }
 
@@ -124,11 +91,13 @@ async fn insert_rows(c: &Client, at: DateTime<Utc>, n: i64, org: Option<&str>, c
 
 #[tokio::test]
 async fn range_premake_and_on_demand_2019_partition() {
-    let db = TestDb::new().await;
+    let db = Db::new().await;
     let c = db.client().await;
-    let mgr =
-        PartitionManager::connect(&db.url, config(PartitionStrategy::Range, PartitionInterval::Monthly)).await.unwrap();
+    let mgr = PartitionManager::connect(&db.connector, config(PartitionStrategy::Range, PartitionInterval::Monthly))
+        .await
+        .unwrap();
     let now = Utc::now();
+    assert!(mgr.event_key_is_unique(), "range: the primary key is (event_id, timestamp)");
     let created = mgr.premake().await.unwrap();
     let cur = Period::of(PartitionInterval::Monthly, now);
     let expected: Vec<String> = (0..=3).map(|i| cur.offset(i).table_name()).collect();
@@ -181,9 +150,9 @@ async fn range_premake_and_on_demand_2019_partition() {
 
 #[tokio::test]
 async fn quarterly_partitions_are_calendar_quarters() {
-    let db = TestDb::new().await;
+    let db = Db::new().await;
     let c = db.client().await;
-    let mgr = PartitionManager::connect(&db.url, config(PartitionStrategy::Range, PartitionInterval::Quarterly))
+    let mgr = PartitionManager::connect(&db.connector, config(PartitionStrategy::Range, PartitionInterval::Quarterly))
         .await
         .unwrap();
     mgr.ensure_covering(&[ts("2026-05-15T00:00:00Z"), ts("2025-12-31T23:59:59Z")]).await.unwrap();
@@ -201,10 +170,11 @@ async fn quarterly_partitions_are_calendar_quarters() {
 
 #[tokio::test]
 async fn hash_strategy_builds_bucket_subpartitions_and_replaces_the_primary_key() {
-    let db = TestDb::new().await;
+    let db = Db::new().await;
     let c = db.client().await;
     let cfg = PartitionConfig { hash_buckets: 4, ..config(PartitionStrategy::Hash, PartitionInterval::Yearly) };
-    let mgr = PartitionManager::connect(&db.url, cfg).await.unwrap();
+    let mgr = PartitionManager::connect(&db.connector, cfg).await.unwrap();
+    assert!(!mgr.event_key_is_unique(), "hash: the unique key includes organization_id");
     mgr.ensure_covering(&[ts("2024-06-01T00:00:00Z")]).await.unwrap();
     let t = tree(&c).await;
     let top: Vec<_> = t.iter().filter(|(_, p, _)| p == "audit_log").collect();
@@ -255,10 +225,12 @@ async fn hash_strategy_builds_bucket_subpartitions_and_replaces_the_primary_key(
 
 #[tokio::test]
 async fn list_strategy_builds_one_leaf_per_classification() {
-    let db = TestDb::new().await;
+    let db = Db::new().await;
     let c = db.client().await;
-    let mgr =
-        PartitionManager::connect(&db.url, config(PartitionStrategy::List, PartitionInterval::Monthly)).await.unwrap();
+    let mgr = PartitionManager::connect(&db.connector, config(PartitionStrategy::List, PartitionInterval::Monthly))
+        .await
+        .unwrap();
+    assert!(!mgr.event_key_is_unique(), "list: the unique key includes data_classification");
     mgr.ensure_covering(&[ts("2026-02-03T00:00:00Z")]).await.unwrap();
     let t = tree(&c).await;
     let leaves: BTreeMap<_, _> =
@@ -277,19 +249,19 @@ async fn list_strategy_builds_one_leaf_per_classification() {
 
 #[tokio::test]
 async fn changing_the_scheme_of_a_partitioned_table_is_refused() {
-    let db = TestDb::new().await;
+    let db = Db::new().await;
     let range = config(PartitionStrategy::Range, PartitionInterval::Monthly);
-    let mgr = PartitionManager::connect(&db.url, range.clone()).await.unwrap();
+    let mgr = PartitionManager::connect(&db.connector, range.clone()).await.unwrap();
     mgr.premake().await.unwrap();
     for other in [
         config(PartitionStrategy::Range, PartitionInterval::Quarterly),
         config(PartitionStrategy::Hash, PartitionInterval::Monthly),
     ] {
-        let err = PartitionManager::connect(&db.url, other).await.unwrap_err();
-        assert_eq!(err.class, ErrorClass::InvalidInput);
-        assert!(err.message.contains("refused"), "{}", err.message);
+        let err = PartitionManager::connect(&db.connector, other).await.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::InvalidInput);
+        assert!(err.message().contains("refused"), "{}", err.message());
     }
-    PartitionManager::connect(&db.url, range).await.expect("the recorded scheme is accepted");
+    PartitionManager::connect(&db.connector, range).await.expect("the recorded scheme is accepted");
     let c = db.client().await;
     let recorded: String =
         c.query_one("SELECT period_interval::text FROM audit_partition_config", &[]).await.unwrap().get(0);
@@ -298,12 +270,12 @@ async fn changing_the_scheme_of_a_partitioned_table_is_refused() {
 
 #[tokio::test]
 async fn eight_concurrent_maintainers_and_writers_create_each_partition_once() {
-    let db = TestDb::new().await;
+    let db = Db::new().await;
     let cfg = config(PartitionStrategy::Hash, PartitionInterval::Monthly);
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..8 {
-        let (url, cfg) = (db.url.clone(), cfg.clone());
-        set.spawn(async move { PartitionManager::connect(&url, cfg).await });
+        let (connector, cfg) = (db.connector.clone(), cfg.clone());
+        set.spawn(async move { PartitionManager::connect(&connector, cfg).await });
     }
     let mut managers = Vec::new();
     while let Some(r) = set.join_next().await {
@@ -349,7 +321,7 @@ async fn eight_concurrent_maintainers_and_writers_create_each_partition_once() {
 }
 
 struct RetentionFixture {
-    db: TestDb,
+    db: Db,
     archive: tempfile::TempDir,
     old: Period,
     phi: Period,
@@ -359,14 +331,14 @@ struct RetentionFixture {
 /// retention_days 365; `old` (800 days ago, INTERNAL/standard rows: expired), `phi` (900 days ago, PHI rows: kept
 /// 2555 days by the classification floor), and the current month.
 async fn retention_fixture() -> (RetentionFixture, PartitionManager) {
-    let db = TestDb::new().await;
+    let db = Db::new().await;
     let archive = tempfile::tempdir().unwrap();
     let cfg = PartitionConfig {
         retention_days: 365,
         archive_dir: Some(archive.path().to_path_buf()),
         ..config(PartitionStrategy::Range, PartitionInterval::Monthly)
     };
-    let mgr = PartitionManager::connect(&db.url, cfg).await.unwrap().with_actor("retention-test");
+    let mgr = PartitionManager::connect(&db.connector, cfg).await.unwrap().with_actor("retention-test");
     let now = Utc::now();
     let old = Period::of(PartitionInterval::Monthly, now - TimeDelta::days(800));
     let phi = Period::of(PartitionInterval::Monthly, now - TimeDelta::days(900));
@@ -458,6 +430,16 @@ async fn retention_dry_run_changes_nothing_then_archives_and_drops_exactly_the_e
     let mut original_ids: Vec<String> = originals.iter().map(|o| o.3.clone()).collect();
     original_ids.sort();
     assert_eq!(archived_ids, original_ids);
+    // Each line is a stored event in the JSON form of `audit-db query` and evidence packs.
+    let mut archived: Vec<(Option<String>, i64, Vec<u8>, String)> = text
+        .lines()
+        .map(|l| {
+            let e: StoredEvent = serde_json::from_str(l).unwrap_or_else(|err| panic!("{err}: {l}"));
+            (e.event.organization_id, e.seq, e.leaf_hash.to_vec(), e.event.event_id.to_string())
+        })
+        .collect();
+    archived.sort();
+    assert_eq!(archived, originals);
 
     // Leaf hashes are kept.
     let mut kept: Vec<(Option<String>, i64, Vec<u8>, String)> = c
@@ -472,6 +454,14 @@ async fn retention_dry_run_changes_nothing_then_archives_and_drops_exactly_the_e
         kept.iter().map(|k| (k.0.clone(), k.1, k.2.clone())).collect::<Vec<_>>(),
         originals.iter().map(|o| (o.0.clone(), o.1, o.2.clone())).collect::<Vec<_>>()
     );
+
+    // Integrity reads them back per log, by position.
+    for log in [Some("acme"), None] {
+        let got = audit_pg::pruned_leaves::read(&c, log.unwrap_or(""), 0, 1_000).await.unwrap();
+        let want: BTreeMap<i64, Vec<u8>> =
+            originals.iter().filter(|o| o.0.as_deref() == log).map(|o| (o.1, o.2.clone())).collect();
+        assert_eq!(got.into_iter().map(|(s, l)| (s, l.to_vec())).collect::<BTreeMap<_, _>>(), want, "{log:?}");
+    }
 
     // The run is on record, and the record is append-only.
     let rows = c
@@ -569,9 +559,10 @@ async fn readers_are_not_blocked_while_a_partition_is_dropped() {
 
 #[tokio::test]
 async fn maintenance_without_archive_only_plans_and_a_held_lock_makes_others_skip() {
-    let db = TestDb::new().await;
-    let mgr =
-        PartitionManager::connect(&db.url, config(PartitionStrategy::Range, PartitionInterval::Monthly)).await.unwrap();
+    let db = Db::new().await;
+    let mgr = PartitionManager::connect(&db.connector, config(PartitionStrategy::Range, PartitionInterval::Monthly))
+        .await
+        .unwrap();
     let holder = db.client().await;
     let got: bool = holder
         .query_one("SELECT pg_try_advisory_lock($1)", &[&audit_partition::MAINTENANCE_LOCK_KEY])
@@ -583,7 +574,7 @@ async fn maintenance_without_archive_only_plans_and_a_held_lock_makes_others_ski
     assert!(!skipped.ran);
     assert!(skipped.created.is_empty());
     let err = mgr.retention(false).await.unwrap_err();
-    assert_eq!(err.class, ErrorClass::InvalidInput, "no archive configured: refused before locking");
+    assert_eq!(err.class(), ErrorClass::InvalidInput, "no archive configured: refused before locking");
     holder.execute("SELECT pg_advisory_unlock($1)", &[&audit_partition::MAINTENANCE_LOCK_KEY]).await.unwrap();
     let report = mgr.maintain().await.unwrap();
     assert!(report.ran);
@@ -628,9 +619,9 @@ async fn an_interrupted_drop_is_finished_by_the_next_run() {
 
 #[tokio::test]
 async fn background_maintenance_creates_the_premade_partitions() {
-    let db = TestDb::new().await;
+    let db = Db::new().await;
     let cfg = PartitionConfig { premake: 2, ..config(PartitionStrategy::Range, PartitionInterval::Yearly) };
-    let mgr = Arc::new(PartitionManager::connect(&db.url, cfg).await.unwrap());
+    let mgr = Arc::new(PartitionManager::connect(&db.connector, cfg).await.unwrap());
     let handle = mgr.clone().spawn_maintenance(Duration::from_millis(50));
     let c = db.client().await;
     let mut parts = BTreeMap::new();
@@ -645,4 +636,99 @@ async fn background_maintenance_creates_the_premade_partitions() {
     let cur = Period::of(PartitionInterval::Yearly, Utc::now());
     let expected: Vec<String> = (0..=2).map(|i| cur.offset(i).table_name()).collect();
     assert_eq!(parts.keys().cloned().collect::<Vec<_>>(), expected);
+}
+
+/// A policy that counts the calls it runs and, when `open`, refuses them as an open breaker does. Logic only; the
+/// manager under it talks to the real database.
+#[derive(Debug, Clone, Default)]
+struct Counting(Arc<(AtomicUsize, AtomicBool)>);
+
+impl Counting {
+    fn calls(&self) -> usize {
+        self.0.0.load(Ordering::SeqCst)
+    }
+    fn open(&self) {
+        self.0.1.store(true, Ordering::SeqCst);
+    }
+}
+
+impl ResiliencePolicy for Counting {
+    async fn execute<T, F, Fut>(&self, mut op: F) -> AuditResult<T>
+    where
+        T: Send,
+        F: FnMut() -> Fut + Send,
+        Fut: std::future::Future<Output = AuditResult<T>> + Send,
+    {
+        if self.0.1.load(Ordering::SeqCst) {
+            return Err(AuditError::circuit_open("breaker `test` is open"));
+        }
+        self.0.0.fetch_add(1, Ordering::SeqCst);
+        op().await
+    }
+}
+
+#[tokio::test]
+async fn every_statement_runs_under_the_policy() {
+    let db = Db::new().await;
+    let c = db.client().await;
+    let policy = Counting::default();
+    let cfg = config(PartitionStrategy::Range, PartitionInterval::Monthly);
+    let mgr = PartitionManager::connect_with_policy(&db.connector, cfg.clone(), policy.clone()).await.unwrap();
+    assert!(policy.calls() >= 3, "scheme, event key and catalog: {}", policy.calls());
+    let before = policy.calls();
+    mgr.ensure_covering(&[ts("2021-05-05T00:00:00Z")]).await.unwrap();
+    assert!(policy.calls() > before);
+    let before = policy.calls();
+    mgr.maintain().await.unwrap();
+    assert!(policy.calls() > before + 4, "lock, premake, plan and analysis: {}", policy.calls() - before);
+
+    // An open breaker stops every path before it reaches the database, and says so by kind.
+    policy.open();
+    let parts = top_level(&c).await;
+    for err in [
+        mgr.ensure_covering(&[ts("2018-01-01T00:00:00Z")]).await.unwrap_err(),
+        mgr.status().await.unwrap_err(),
+        mgr.maintain().await.map(|_| ()).unwrap_err(),
+        mgr.place_legal_hold(&HoldTarget::Organization("acme".into()), "case 1", "counsel")
+            .await
+            .map(drop)
+            .unwrap_err(),
+        PartitionManager::connect_with_policy(&db.connector, cfg, policy.clone()).await.map(drop).unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::CircuitOpen, "{err}");
+    }
+    assert_eq!(top_level(&c).await, parts, "nothing was created behind an open breaker");
+    let holds: i64 = c.query_one("SELECT count(*) FROM audit_legal_holds", &[]).await.unwrap().get(0);
+    assert_eq!(holds, 0);
+}
+
+#[tokio::test]
+async fn partition_ddl_waits_out_a_lock_held_elsewhere_and_then_reports_the_lock_timeout() {
+    let db = Db::new().await;
+    // lock_timeout 500 ms: six attempts wait at least 3 s in all, well past the 800 ms the lock is held below.
+    let cfg = PartitionConfig { lock_timeout: 500, ..config(PartitionStrategy::Range, PartitionInterval::Monthly) };
+    let mgr = Arc::new(PartitionManager::connect(&db.connector, cfg).await.unwrap());
+    // A transaction that holds audit_log exclusively for a while: creating a partition hits lock_timeout and is
+    // retried until the lock goes.
+    let mut holder = db.client().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let m = mgr.clone();
+    let started = std::time::Instant::now();
+    let create = tokio::spawn(async move { m.ensure_covering(&[ts("2020-02-02T00:00:00Z")]).await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    tx.commit().await.unwrap();
+    create.await.unwrap().expect("created once the lock was released");
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    let c = db.client().await;
+    assert!(top_level(&c).await.contains_key("audit_log_2020_02"));
+
+    // Held for longer than every retry: the error is the lock timeout, by SQLSTATE.
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let err = mgr.ensure_covering(&[ts("2020-03-03T00:00:00Z")]).await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some(SqlState::LOCK_NOT_AVAILABLE), "{err}");
+    assert_eq!(err.class(), ErrorClass::Transient);
+    tx.rollback().await.unwrap();
+    assert!(!top_level(&c).await.contains_key("audit_log_2020_03"));
 }

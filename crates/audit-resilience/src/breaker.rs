@@ -27,14 +27,13 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use audit_core::config::CircuitBreakerConfig;
-use audit_core::error::CIRCUIT_OPEN_PREFIX;
 use audit_core::{AuditError, AuditResult, ComponentHealth, ErrorClass, HealthState};
 use chrono::{DateTime, Utc};
 use failsafe::FailurePolicy;
 use tokio::time::Instant;
 
 use crate::backoff::OpenBackoff;
+use crate::config::CircuitBreakerConfig;
 
 /// Gauge of each breaker's state: 0 = closed, 1 = open, 2 = half-open (the seed's metric name and encoding).
 pub const STATE_GAUGE: &str = "audit_db_circuit_breaker_state";
@@ -276,8 +275,9 @@ impl Breaker {
         &self.name
     }
 
-    /// Asks to make one call. `Err` is the fast refusal of an open (or fully probed half-open) breaker: class
-    /// Unavailable, message starting with [`CIRCUIT_OPEN_PREFIX`], component set to the breaker's name.
+    /// Asks to make one call. `Err` is the fast refusal of an open (or fully probed half-open) breaker: kind
+    /// [`audit_core::ErrorKind::CircuitOpen`] (class Unavailable), component set to the breaker's name, a message
+    /// saying why and when the next probe is due.
     pub fn try_acquire(&self) -> AuditResult<Permit<'_>> {
         let mut inner = self.lock();
         self.refresh(&mut inner, Instant::now());
@@ -288,12 +288,11 @@ impl Breaker {
                 inner.probes_in_flight += 1;
                 return Ok(Permit { breaker: self, epoch, probe: true, done: false });
             }
-            State::HalfOpen { .. } => format!(
-                "{CIRCUIT_OPEN_PREFIX}: breaker `{}` is half-open and its {} probe slot(s) are in use",
-                self.name, self.probes
-            ),
+            State::HalfOpen { .. } => {
+                format!("breaker `{}` is half-open and its {} probe slot(s) are in use", self.name, self.probes)
+            }
             State::Open { until, .. } => format!(
-                "{CIRCUIT_OPEN_PREFIX}: breaker `{}` is open after {} consecutive failure(s); next probe in {} ms",
+                "breaker `{}` is open after {} consecutive failure(s); next probe in {} ms",
                 self.name,
                 inner.consecutive_failures,
                 until.saturating_duration_since(Instant::now()).as_millis()
@@ -302,7 +301,7 @@ impl Breaker {
         inner.rejections += 1;
         drop(inner);
         metrics::counter!(REJECTIONS_COUNTER, "component" => self.name.clone()).increment(1);
-        Err(AuditError::unavailable(refusal).with_component(self.name.clone()))
+        Err(AuditError::circuit_open(refusal).with_component(self.name.clone()))
     }
 
     /// Runs `fut` under the breaker: refuses fast when open, records the outcome otherwise. This is the seed's
@@ -477,7 +476,7 @@ impl Permit<'_> {
     /// Reports an error; whether it counts against the dependency depends on its class alone.
     pub fn failed(mut self, error: &AuditError) {
         self.done = true;
-        self.breaker.complete(self.epoch, self.probe, Some(error.class));
+        self.breaker.complete(self.epoch, self.probe, Some(error.class()));
     }
 }
 
@@ -492,6 +491,7 @@ impl Drop for Permit<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_metrics::Capture;
 
     fn settings(threshold: u32, reset_ms: u64, probes: u32) -> BreakerSettings {
         BreakerSettings {
@@ -505,12 +505,12 @@ mod tests {
     fn client_errors_never_trip_even_at_threshold_one() {
         let b = Breaker::new("primary", &settings(1, 100, 1));
         for code in ["23505", "22P02", "22001", "42601", "42P01", "40001"] {
-            b.try_acquire().unwrap().failed(&AuditError::from_sqlstate(code, "x"));
+            b.try_acquire().unwrap().failed(&AuditError::from_sqlstate(code.parse().unwrap(), "x"));
             assert_eq!(b.state(), BreakerState::Closed, "{code} tripped the breaker");
         }
         b.try_acquire().unwrap().failed(&AuditError::integrity("hash mismatch"));
         assert_eq!(b.status().consecutive_failures, 0);
-        b.try_acquire().unwrap().failed(&AuditError::from_sqlstate("08006", "connection lost"));
+        b.try_acquire().unwrap().failed(&AuditError::from_sqlstate("08006".parse().unwrap(), "connection lost"));
         assert_eq!(b.state(), BreakerState::Open);
     }
 
@@ -522,9 +522,10 @@ mod tests {
         }
         let err = b.try_acquire().unwrap_err();
         assert!(err.is_circuit_open(), "{err}");
-        assert_eq!(err.class, ErrorClass::Unavailable);
-        assert!(err.message.contains("replica-2"), "{err}");
-        assert_eq!(err.component.as_deref(), Some("replica-2"));
+        assert_eq!(err.kind(), audit_core::ErrorKind::CircuitOpen);
+        assert_eq!(err.class(), ErrorClass::Unavailable);
+        assert!(err.message().contains("replica-2"), "{err}");
+        assert_eq!(err.component(), Some("replica-2"));
         let status = b.status();
         assert_eq!((status.state, status.rejections, status.total_failures), (BreakerState::Open, 1, 2));
         let health = status.to_health();
@@ -544,6 +545,32 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Open, "a success admitted while closed must not close an open breaker");
         b.reset();
         assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_transition_is_counted_and_moves_the_state_gauge() {
+        let capture = Capture::default();
+        let _recorder = metrics::set_default_local_recorder(&capture);
+        let b = Breaker::new("primary", &settings(1, 100, 1));
+        b.try_acquire().unwrap().failed(&AuditError::unavailable("down"));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        b.try_acquire().unwrap().succeeded();
+        b.try_acquire().unwrap().failed(&AuditError::unavailable("down again"));
+        b.reset();
+
+        let to = |s: &str| (s.to_string(), 1.0);
+        assert_eq!(
+            capture.by_label(TRANSITIONS_COUNTER, "to"),
+            [to("open"), to("half_open"), to("closed"), to("open"), to("closed")]
+        );
+        let primary = |v: f64| ("primary".to_string(), v);
+        assert!(capture.by_label(TRANSITIONS_COUNTER, "component").iter().all(|(c, _)| c == "primary"));
+        assert_eq!(
+            capture.by_label(STATE_GAUGE, "component"),
+            [0.0, 1.0, 2.0, 0.0, 1.0, 0.0].map(primary),
+            "created closed, then one update per transition"
+        );
     }
 
     #[test]

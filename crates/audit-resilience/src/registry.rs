@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use audit_core::ComponentHealth;
-use audit_core::config::CircuitBreakerConfig;
 
 use crate::breaker::{Breaker, BreakerSettings, BreakerStatus};
+use crate::config::CircuitBreakerConfig;
 
 /// The well-known breaker names, so that logs, metrics labels and the health report agree.
 pub mod names {

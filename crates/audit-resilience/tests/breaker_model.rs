@@ -146,7 +146,7 @@ impl Model {
 }
 
 fn error(class: ErrorClass) -> AuditError {
-    AuditError::new(class, format!("simulated {class} error"))
+    AuditError::of_class(class, format!("simulated {class} error"))
 }
 
 fn paused_runtime() -> tokio::runtime::Runtime {
@@ -196,7 +196,7 @@ proptest! {
                             }
                             (Err(e), None) => {
                                 prop_assert!(e.is_circuit_open(), "step {}: {}", step, e);
-                                prop_assert_eq!(e.class, ErrorClass::Unavailable);
+                                prop_assert_eq!(e.class(), ErrorClass::Unavailable);
                             }
                             (got, want) => prop_assert!(
                                 false, "step {}: breaker admitted={} model admitted={}", step, got.is_ok(), want.is_some()
@@ -273,7 +273,7 @@ proptest! {
                 None => p.succeeded(),
                 Some(c) => p.failed(&error(c)),
             }
-            breaker.try_acquire().expect("a closed breaker admits").failed(&AuditError::from_sqlstate(sqlstate, "x"));
+            breaker.try_acquire().expect("a closed breaker admits").failed(&AuditError::from_sqlstate(sqlstate.parse().unwrap(), "x"));
             prop_assert_eq!(breaker.state(), BreakerState::Closed);
             prop_assert_eq!(breaker.status().total_failures, 0);
         }

@@ -4,13 +4,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use audit_core::config::{CircuitBreakerConfig, DatabaseConfig};
 use audit_core::{AuditError, AuditResult, ErrorClass, HealthState, ResiliencePolicy};
 use audit_resilience::{
-    Breaker, BreakerRegistry, BreakerSettings, BreakerState, OpenBackoff, Policy, RetryPolicy, TripPolicy, names,
-    with_timeout,
+    Breaker, BreakerRegistry, BreakerSettings, BreakerState, CircuitBreakerConfig, OpenBackoff, Policy, RetrySchedule,
+    TripPolicy, names, with_timeout,
 };
 use tokio::time::Instant;
+
+/// SQLSTATE `serialization_failure`.
+const SERIALIZATION_FAILURE: &str = "40001";
 
 fn breaker(threshold: u32, reset: Duration, probes: u32) -> Arc<Breaker> {
     Arc::new(Breaker::new(
@@ -23,8 +25,8 @@ fn breaker(threshold: u32, reset: Duration, probes: u32) -> Arc<Breaker> {
     ))
 }
 
-fn retry(attempts: u32) -> RetryPolicy {
-    RetryPolicy::new(attempts, Duration::from_millis(20), Duration::from_millis(200))
+fn retry(attempts: u32) -> RetrySchedule {
+    RetrySchedule::new(attempts, Duration::from_millis(20), Duration::from_millis(200))
 }
 
 /// Runs `policy` over an operation that always fails with `class`, returning the error and how often it ran.
@@ -33,7 +35,7 @@ async fn always_failing(policy: &Policy, class: ErrorClass) -> (AuditError, u32)
     let err = policy
         .execute(|| {
             calls.fetch_add(1, Ordering::SeqCst);
-            async move { Err::<(), _>(AuditError::new(class, format!("simulated {class}"))) }
+            async move { Err::<(), _>(AuditError::of_class(class, format!("simulated {class}"))) }
         })
         .await
         .unwrap_err();
@@ -52,7 +54,7 @@ async fn attempts_per_error_class() {
         let policy = Policy::new(breaker(100, Duration::from_secs(1), 1)).with_retry(retry(4));
         let (err, calls) = always_failing(&policy, class).await;
         assert_eq!(calls, expected, "{class}");
-        assert_eq!(err.class, class, "the last error is returned as it was");
+        assert_eq!(err.class(), class, "the last error is returned as it was");
         assert!(!err.is_circuit_open());
     }
 }
@@ -61,16 +63,19 @@ async fn attempts_per_error_class() {
 async fn transient_failure_then_success_is_retried_to_success() {
     let policy = Policy::new(breaker(3, Duration::from_secs(1), 1)).with_retry(retry(5));
     let calls = AtomicU32::new(0);
-    let value =
-        policy
-            .execute(|| {
-                let n = calls.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    if n < 2 { Err(AuditError::from_sqlstate("40001", "could not serialize access")) } else { Ok(n) }
+    let value = policy
+        .execute(|| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    Err(AuditError::from_sqlstate(SERIALIZATION_FAILURE.parse().unwrap(), "could not serialize access"))
+                } else {
+                    Ok(n)
                 }
-            })
-            .await
-            .unwrap();
+            }
+        })
+        .await
+        .unwrap();
     assert_eq!(value, 2);
     assert_eq!(policy.breaker().unwrap().status().consecutive_failures, 0);
 }
@@ -81,11 +86,11 @@ async fn open_breaker_stops_retries_and_later_calls_fail_fast() {
     let (err, calls) = always_failing(&policy, ErrorClass::Unavailable).await;
     assert_eq!(calls, 2, "retries stop as soon as the breaker opens");
     assert!(!err.is_circuit_open(), "the caller sees the dependency's own error: {err}");
-    assert_eq!(err.component.as_deref(), Some("primary"));
+    assert_eq!(err.component(), Some("primary"));
 
     let (err, calls) = always_failing(&policy, ErrorClass::Unavailable).await;
     assert_eq!(calls, 0, "an open breaker never calls the operation");
-    assert!(err.is_circuit_open() && err.message.contains("primary"), "{err}");
+    assert!(err.is_circuit_open() && err.message().contains("primary"), "{err}");
     assert_eq!(policy.health()[0].status, HealthState::Unhealthy);
 
     // After the open period a probe goes through and a success closes the breaker.
@@ -99,7 +104,7 @@ async fn open_breaker_stops_retries_and_later_calls_fail_fast() {
 async fn overall_deadline_bounds_retries() {
     let deadline = Duration::from_millis(1_000);
     let policy = Policy::without_breaker()
-        .with_retry(RetryPolicy::new(1_000, Duration::from_millis(50), Duration::from_millis(100)))
+        .with_retry(RetrySchedule::new(1_000, Duration::from_millis(50), Duration::from_millis(100)))
         .with_deadline(deadline);
     let calls = AtomicU32::new(0);
     let started = Instant::now();
@@ -117,7 +122,7 @@ async fn overall_deadline_bounds_retries() {
     assert!(elapsed <= deadline, "virtual time spent {elapsed:?} exceeds the deadline");
     let calls = calls.load(Ordering::SeqCst);
     assert!((2..=9).contains(&calls), "{calls} attempts of 120 ms cannot fit, or do fit, in 1 s");
-    assert_eq!(err.class, ErrorClass::Unavailable);
+    assert_eq!(err.class(), ErrorClass::Unavailable);
 }
 
 #[tokio::test(start_paused = true)]
@@ -127,8 +132,8 @@ async fn deadline_cuts_a_hanging_attempt() {
     let err = policy.execute(std::future::pending::<AuditResult<()>>).await.unwrap_err();
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(310), "{elapsed:?}");
-    assert_eq!(err.class, ErrorClass::Unavailable);
-    assert!(err.message.contains("overall deadline of 300 ms passed during attempt 1"), "{err}");
+    assert_eq!(err.class(), ErrorClass::Unavailable);
+    assert!(err.message().contains("overall deadline of 300 ms passed during attempt 1"), "{err}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -146,8 +151,8 @@ async fn attempt_timeout_counts_against_the_breaker_and_is_retried() {
         .await
         .unwrap_err();
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    assert_eq!(err.class, ErrorClass::Unavailable);
-    assert!(err.message.contains("primary attempt 2 timed out after 100 ms"), "{err}");
+    assert_eq!(err.class(), ErrorClass::Unavailable);
+    assert!(err.message().contains("primary attempt 2 timed out after 100 ms"), "{err}");
     assert_eq!(policy.breaker().unwrap().status().consecutive_failures, 2);
 }
 
@@ -156,8 +161,8 @@ async fn with_timeout_maps_elapsed_to_unavailable() {
     let err = with_timeout(Duration::from_millis(250), "redis GET", std::future::pending::<AuditResult<u8>>())
         .await
         .unwrap_err();
-    assert_eq!(err.class, ErrorClass::Unavailable);
-    assert_eq!(err.message, "redis GET timed out after 250 ms");
+    assert_eq!(err.class(), ErrorClass::Unavailable);
+    assert_eq!(err.message(), "redis GET timed out after 250 ms");
     let ok = with_timeout(Duration::from_millis(250), "redis GET", async { Ok(3) }).await;
     assert_eq!(ok.unwrap(), 3);
 }
@@ -214,8 +219,8 @@ async fn repeated_probe_failures_lengthen_the_open_period_from_a_sub_second_star
 async fn config_constructors_wire_registry_breakers() {
     let cfg = CircuitBreakerConfig { failure_threshold: 1, retry_attempts: 3, timeout_ms: 5_000, ..Default::default() };
     let registry = BreakerRegistry::from_config(&cfg);
-    let db = DatabaseConfig { connection_timeout: 1_000, query_timeout: 2_000, ..Default::default() };
-    let policy = Policy::for_database(&cfg, &db, &registry, names::PRIMARY);
+    let (connection_timeout, query_timeout) = (Duration::from_millis(1_000), Duration::from_millis(2_000));
+    let policy = Policy::for_database(&cfg, &registry, names::PRIMARY, connection_timeout, query_timeout);
     assert_eq!(policy.attempt_timeout(), Some(Duration::from_millis(3_000)));
     assert_eq!(policy.deadline(), Duration::from_millis(5_000));
     assert_eq!(policy.retry().max_attempts, 3);

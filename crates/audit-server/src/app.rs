@@ -2,17 +2,21 @@
 //! concrete partition manager, cache and resilience policy.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use audit_cache::TieredCache;
-use audit_client::AuditClient;
-use audit_client::embedded::{ClusterOptions, PrivateCluster};
-use audit_core::config::AuditConfig;
+use audit_client::{AuditClient, ClientConfig};
+use audit_embedded::{ClusterOptions, PrivateCluster};
+use audit_integrity::store::IntegrityStore;
 use audit_partition::PartitionManager;
-use audit_resilience::{BreakerRegistry, Policy, RetryPolicy};
+use audit_pg::{Connector, build_pool, redact};
+use audit_resilience::{BreakerRegistry, Policy, RetrySchedule};
+
+use crate::config::AuditConfig;
 
 /// The client type the binary uses.
-pub type Client = AuditClient<PartitionManager, TieredCache<Policy>, Policy>;
+pub type Client = AuditClient<PartitionManager<Policy>, TieredCache<Policy>, Policy>;
 
 /// Reads the optional TOML file and the process environment into a checked configuration.
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<AuditConfig> {
@@ -42,11 +46,13 @@ pub struct App {
     pub url: String,
     /// The embedded cluster, when one is used (kept running after exit, reused next time).
     pub embedded: Option<PrivateCluster>,
+    connector: Connector,
+    registry: BreakerRegistry,
 }
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("url", &audit_client::redact(&self.url)).finish_non_exhaustive()
+        f.debug_struct("App").field("url", &redact(&self.url)).finish_non_exhaustive()
     }
 }
 
@@ -54,37 +60,101 @@ impl App {
     /// Resolves the database. With the embedded default, migrations run first (a fresh machine needs no setup).
     pub async fn open(config: AuditConfig) -> anyhow::Result<Self> {
         let (url, embedded) = resolve_database(&config).await?;
-        let app = Self { config, url, embedded };
+        let connector = Connector::new(&url, config.database.connect_options("primary"))?;
+        let registry = BreakerRegistry::from_config(&config.circuit_breaker);
+        if !config.replicas.is_empty() {
+            tracing::warn!(
+                replicas = config.replicas.len(),
+                "AUDIT_DB_READ_REPLICA_N is set, but this version routes every read to the primary"
+            );
+        }
+        connector.await_reachable(config.database.max_connection_attempts).await?;
+        let app = Self { config, url, embedded, connector, registry };
         if app.embedded.is_some() {
             app.migrate().await?;
         }
         Ok(app)
     }
 
+    /// How connections to the primary are opened.
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    /// The named circuit breakers of this process (`primary`, `redis`, …).
+    pub fn breakers(&self) -> &BreakerRegistry {
+        &self.registry
+    }
+
+    /// The resilience policy of every primary-database call: the `primary` breaker, bounded retry, per-attempt
+    /// timeout of `connectionTimeout + queryTimeout`, overall deadline.
+    pub fn database_policy(&self) -> Policy {
+        let db = &self.config.database;
+        Policy::for_database(
+            &self.config.circuit_breaker,
+            &self.registry,
+            "primary",
+            Duration::from_millis(db.connection_timeout),
+            Duration::from_millis(db.query_timeout),
+        )
+    }
+
+    /// The policy of partition work: the `primary` breaker and bounded retry like every database call, but no
+    /// per-attempt timeout and a deadline of at least an hour, because dropping a partition of millions of rows
+    /// (archive, keep the leaf hashes, drop) is one long step. Short statements stay bounded server-side: DDL by
+    /// `partition.lockTimeout`, pooled statements by `queryTimeout`.
+    pub fn partition_policy(&self) -> Policy {
+        let deadline = Duration::from_millis(self.config.circuit_breaker.timeout_ms).max(Duration::from_secs(3600));
+        Policy::from_config(&self.config.circuit_breaker, &self.registry, "primary").with_deadline(deadline)
+    }
+
     /// The partition manager for this database.
-    pub async fn partitions(&self) -> anyhow::Result<PartitionManager> {
-        PartitionManager::connect(&self.url, self.config.partition.clone())
+    pub async fn partitions(&self) -> anyhow::Result<PartitionManager<Policy>> {
+        PartitionManager::connect_with_policy(&self.connector, self.config.partition.clone(), self.partition_policy())
             .await
             .context("opening the partition manager (has `audit-db migrate` run?)")
     }
 
     /// Applies migrations and premakes partitions (idempotent). Returns the migrations applied now.
     pub async fn migrate(&self) -> anyhow::Result<Vec<String>> {
-        let applied = audit_client::run_migrations(&self.url).await?;
+        let applied = audit_pg::run_migrations(&self.connector).await?;
         self.partitions().await?.premake().await.context("creating the current and upcoming partitions")?;
         Ok(applied)
     }
 
+    /// The database side of tamper evidence, on its own small pool, under the primary's policy.
+    pub fn integrity(&self) -> anyhow::Result<IntegrityStore<Policy>> {
+        let mut options = self.config.database.pool_options();
+        options.max_connections = options.max_connections.min(4);
+        let wait = options.acquire_timeout;
+        let pool = build_pool(self.connector.clone(), &options)?;
+        Ok(IntegrityStore::new(pool, self.database_policy(), wait))
+    }
+
+    /// The client's share of the configuration.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            database: self.config.database.clone(),
+            ingest: self.config.ingest.clone(),
+            slow_operation_ms: self.config.monitoring.slow_query_threshold,
+        }
+    }
+
     /// A connected client (fails fast, naming host and port, when the database is down).
     pub async fn client(&self) -> anyhow::Result<Client> {
-        audit_client::check_reachable(&self.url, &self.config).await?;
-        let registry = BreakerRegistry::from_config(&self.config.circuit_breaker);
         // Redis: a breaker and no retry — a slow cache must cost little; the database answers instead.
-        let redis_policy =
-            Policy::from_config(&self.config.circuit_breaker, &registry, "redis").with_retry(RetryPolicy::none());
+        let redis_policy = Policy::from_config(&self.config.circuit_breaker, &self.registry, "redis")
+            .with_retry(RetrySchedule::none());
         let cache = TieredCache::with_policy(&self.config.cache, audit_cache::CacheOptions::default(), redis_policy)?;
-        let policy = Policy::for_database(&self.config.circuit_breaker, &self.config.database, &registry, "primary");
-        Ok(AuditClient::connect(self.config.clone(), &self.url, self.partitions().await?, cache, policy).await?)
+        let client = AuditClient::connect(
+            self.client_config(),
+            &self.url,
+            self.partitions().await?,
+            cache,
+            self.database_policy(),
+        )
+        .await?;
+        Ok(client)
     }
 }
 
@@ -97,4 +167,7 @@ fn client_futures_are_send(c: &Client, f: &audit_core::EventFilter) {
     is_send(c.insert(serde_json::Value::Null));
     is_send(c.insert_batch(vec![]));
     is_send(c.health());
+    let owned = f.clone();
+    is_send(c.transaction(move |tx| Box::pin(async move { tx.count(&owned).await })));
+    is_send(c.begin().commit());
 }

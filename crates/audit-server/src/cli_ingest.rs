@@ -15,7 +15,7 @@ use audit_server::app::App;
 
 /// Arguments of `audit-db ingest`.
 #[derive(Debug, clap::Args)]
-pub struct IngestArgs {
+pub(crate) struct IngestArgs {
     /// NDJSON file; `-` or nothing reads standard input.
     pub file: Option<PathBuf>,
     /// Events per database transaction.
@@ -31,7 +31,7 @@ struct Chunk {
 }
 
 /// Runs the command.
-pub async fn run(app: App, args: IngestArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(app: App, args: IngestArgs) -> anyhow::Result<ExitCode> {
     let client = app.client().await?;
     let validator = client.validator().clone();
     let (input, total_bytes): (Box<dyn BufRead + Send>, Option<u64>) = match &args.file {

@@ -8,18 +8,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use audit_client::integrity::IntegrityStore;
-use audit_core::config::AuditConfig;
-use audit_core::integrity::{NoteSigner, NoteVerifier, verify_pack};
+use audit_integrity::store::IntegrityStore;
+use audit_integrity::{NoteSigner, NoteVerifier, verify_pack};
+use audit_resilience::Policy;
+use audit_server::config::AuditConfig;
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli_query::parse_time;
 use audit_server::app::App;
+use audit_server::filter_params::parse_time;
 
 /// Key options shared by the commands that sign or verify.
 #[derive(Debug, Clone, clap::Args)]
-pub struct KeyArgs {
+pub(crate) struct KeyArgs {
     /// Private signing key (default: `AUDIT_DB_SIGNING_KEY_FILE` / `integrity.signingKeyFile`).
     #[arg(long)]
     pub key: Option<PathBuf>,
@@ -30,7 +31,7 @@ pub struct KeyArgs {
 
 /// Tamper-evidence subcommands (flattened into the top level).
 #[derive(Debug, clap::Subcommand)]
-pub enum IntegrityCommand {
+pub(crate) enum IntegrityCommand {
     /// Write a new Ed25519 signing key: DIR/signing.key (private, mode 0600) and DIR/signing.pub.
     Keygen {
         /// Directory to write into.
@@ -157,7 +158,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 /// Runs an integrity subcommand. `verify-pack` and `keygen` need no database.
-pub async fn run(config: AuditConfig, cmd: IntegrityCommand) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(config: AuditConfig, cmd: IntegrityCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         IntegrityCommand::Keygen { out, name, force } => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -202,13 +203,17 @@ pub async fn run(config: AuditConfig, cmd: IntegrityCommand) -> anyhow::Result<E
         }
         other => {
             let app = App::open(config).await?;
-            let store = IntegrityStore::connect(&app.url).await?;
+            let store = app.integrity()?;
             run_with_db(&app.config, &store, other).await
         }
     }
 }
 
-async fn run_with_db(config: &AuditConfig, store: &IntegrityStore, cmd: IntegrityCommand) -> anyhow::Result<ExitCode> {
+async fn run_with_db(
+    config: &AuditConfig,
+    store: &IntegrityStore<Policy>,
+    cmd: IntegrityCommand,
+) -> anyhow::Result<ExitCode> {
     match cmd {
         IntegrityCommand::Checkpoint { org, key } => {
             let s = signer(config, &key)?;

@@ -6,12 +6,12 @@ use audit_core::DataClassification;
 use audit_partition::{HoldTarget, PartitionStatus, RetentionReport};
 use chrono::Utc;
 
-use crate::cli_query::parse_time;
 use audit_server::app::App;
+use audit_server::filter_params::parse_time;
 
 /// Output format of reports.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum ReportFormat {
+pub(crate) enum ReportFormat {
     /// One JSON document.
     Json,
     /// Aligned columns.
@@ -20,7 +20,7 @@ pub enum ReportFormat {
 
 /// `audit-db partitions` subcommands.
 #[derive(Debug, clap::Subcommand)]
-pub enum PartitionsCommand {
+pub(crate) enum PartitionsCommand {
     /// Every partition: name, bounds, estimated rows, size, indexes, state.
     Status {
         /// Output format.
@@ -59,7 +59,7 @@ pub enum PartitionsCommand {
 
 /// Legal hold actions.
 #[derive(Debug, clap::Subcommand)]
-pub enum HoldAction {
+pub(crate) enum HoldAction {
     /// Place a hold.
     Place {
         /// Organisation to hold.
@@ -115,7 +115,7 @@ fn print_retention(r: &RetentionReport) -> anyhow::Result<()> {
 }
 
 /// Runs a partitions subcommand.
-pub async fn run(app: App, cmd: PartitionsCommand) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(app: App, cmd: PartitionsCommand) -> anyhow::Result<ExitCode> {
     let pm = app.partitions().await?.with_actor(actor());
     match cmd {
         PartitionsCommand::Status { format } => {
@@ -165,8 +165,9 @@ pub async fn run(app: App, cmd: PartitionsCommand) -> anyhow::Result<ExitCode> {
                 let target = match (org, classification) {
                     (Some(o), None) => HoldTarget::Organization(o),
                     (None, Some(c)) => HoldTarget::Classification(
-                        DataClassification::parse(&c.to_ascii_uppercase())
-                            .ok_or_else(|| anyhow::anyhow!("--classification: `{c}` is not a classification"))?,
+                        c.to_ascii_uppercase()
+                            .parse::<DataClassification>()
+                            .map_err(|_| anyhow::anyhow!("--classification: `{c}` is not a classification"))?,
                     ),
                     _ => anyhow::bail!("give exactly one of --org or --classification"),
                 };

@@ -3,16 +3,16 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
+use audit_core::StoredEvent;
 use audit_core::event::format_timestamp;
-use audit_core::{Cursor, DataClassification, EventFilter, Status, StoredEvent};
-use chrono::{DateTime, Duration, Utc};
+use chrono::Utc;
 
 use audit_server::app::App;
+use audit_server::filter_params::{FilterParams, ParamNames};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// One JSON object per line (the ingest field names plus stored extras).
     Ndjson,
     /// Aligned columns for people.
@@ -23,53 +23,10 @@ pub enum Format {
 
 /// Arguments of `audit-db query`.
 #[derive(Debug, clap::Args)]
-pub struct QueryArgs {
-    /// Organisation.
-    #[arg(long)]
-    pub org: Option<String>,
-    /// Principal.
-    #[arg(long)]
-    pub principal: Option<String>,
-    /// Action; repeat or comma-separate for any of several.
-    #[arg(long, value_delimiter = ',')]
-    pub action: Vec<String>,
-    /// Status (attempt, success, failure); repeat or comma-separate.
-    #[arg(long, value_delimiter = ',')]
-    pub status: Vec<String>,
-    /// Target resource type.
-    #[arg(long)]
-    pub resource_type: Option<String>,
-    /// Target resource id.
-    #[arg(long)]
-    pub resource_id: Option<String>,
-    /// Data classification (PUBLIC, INTERNAL, CONFIDENTIAL, PHI, FINANCIAL).
-    #[arg(long)]
-    pub classification: Option<String>,
-    /// Correlation id.
-    #[arg(long)]
-    pub correlation_id: Option<String>,
-    /// Retention policy.
-    #[arg(long)]
-    pub retention_policy: Option<String>,
-    /// Exact event id.
-    #[arg(long)]
-    pub event_id: Option<uuid::Uuid>,
-    /// Earliest timestamp, inclusive: RFC 3339, or `now`, `now-30d`, `now-1h`, `now-15m` (counted from the start of
-    /// the current minute, so repeated questions share cache entries).
-    #[arg(long)]
-    pub from: Option<String>,
-    /// Latest timestamp, inclusive (same forms as --from).
-    #[arg(long)]
-    pub to: Option<String>,
-    /// JSON object that `details` must contain (`@>`), e.g. '{"access_reason":"treatment"}'.
-    #[arg(long)]
-    pub details: Option<String>,
-    /// Rows per page (default 100, at most 10000).
-    #[arg(long)]
-    pub limit: Option<u32>,
-    /// Continue after this cursor (from a previous `next_cursor=`).
-    #[arg(long)]
-    pub after: Option<String>,
+pub(crate) struct QueryArgs {
+    /// The filters (shared with `GET /v1/events`).
+    #[command(flatten)]
+    pub filter: FilterParams,
     /// Print only the number of matching events.
     #[arg(long)]
     pub count: bool,
@@ -78,88 +35,9 @@ pub struct QueryArgs {
     pub format: Format,
 }
 
-/// Parses an RFC 3339 time or a `now[-N{s,m,h,d}]` expression. `now-N…` is counted from the start of the current
-/// minute, so the same question asked by different processes within a minute is the same query (and can be answered
-/// from the shared cache); a bare `now` is exact.
-pub fn parse_time(flag: &str, s: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
-    let t = s.trim();
-    if let Some(rest) = t.strip_prefix("now") {
-        if rest.is_empty() {
-            return Ok(now);
-        }
-        let now = DateTime::from_timestamp(now.timestamp() - now.timestamp().rem_euclid(60), 0).unwrap_or(now);
-        let Some(amount) = rest.strip_prefix('-') else { bail!("{flag}: `{s}` should look like now-30d") };
-        let (num, unit) = amount.split_at(amount.len().saturating_sub(1));
-        let n: i64 = num.parse().with_context(|| format!("{flag}: `{s}` should look like now-30d"))?;
-        let d = match unit {
-            "s" => Duration::seconds(n),
-            "m" => Duration::minutes(n),
-            "h" => Duration::hours(n),
-            "d" => Duration::days(n),
-            _ => bail!("{flag}: unit of `{s}` must be s, m, h or d"),
-        };
-        return Ok(now - d);
-    }
-    Ok(DateTime::parse_from_rfc3339(t)
-        .with_context(|| format!("{flag}: `{s}` is not an RFC 3339 time with an offset nor now-N[smhd]"))?
-        .with_timezone(&Utc))
-}
-
-impl QueryArgs {
-    /// Builds the filter, naming the flag of any bad value.
-    pub fn to_filter(&self) -> anyhow::Result<EventFilter> {
-        let now = Utc::now();
-        let statuses = self
-            .status
-            .iter()
-            .map(|s| Status::parse(s).with_context(|| format!("--status: `{s}` is not attempt, success or failure")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let data_classification = self
-            .classification
-            .as_deref()
-            .map(|c| {
-                DataClassification::parse(&c.to_ascii_uppercase()).with_context(|| {
-                    format!("--classification: `{c}` is not PUBLIC, INTERNAL, CONFIDENTIAL, PHI or FINANCIAL")
-                })
-            })
-            .transpose()?;
-        let details_contains = match &self.details {
-            None => None,
-            Some(text) => {
-                let v: serde_json::Value =
-                    serde_json::from_str(text).with_context(|| format!("--details: `{text}` is not JSON"))?;
-                if !v.is_object() {
-                    bail!("--details: must be a JSON object");
-                }
-                Some(v)
-            }
-        };
-        let mut f = EventFilter {
-            event_id: self.event_id,
-            actions: self.action.clone(),
-            statuses,
-            principal_id: self.principal.clone(),
-            organization_id: self.org.clone(),
-            target_resource_type: self.resource_type.clone(),
-            target_resource_id: self.resource_id.clone(),
-            correlation_id: self.correlation_id.clone(),
-            data_classification,
-            retention_policy: self.retention_policy.clone(),
-            details_contains,
-            limit: self.limit,
-            after: self.after.as_deref().map(Cursor::decode).transpose()?,
-            ..Default::default()
-        };
-        f.time.gte = self.from.as_deref().map(|s| parse_time("--from", s, now)).transpose()?;
-        f.time.lte = self.to.as_deref().map(|s| parse_time("--to", s, now)).transpose()?;
-        f.effective_limit()?;
-        Ok(f)
-    }
-}
-
 /// Runs the command.
-pub async fn run(app: App, args: QueryArgs) -> anyhow::Result<ExitCode> {
-    let filter = args.to_filter()?;
+pub(crate) async fn run(app: App, args: QueryArgs) -> anyhow::Result<ExitCode> {
+    let filter = args.filter.to_filter(Utc::now(), ParamNames::Cli)?;
     let client = app.client().await?;
     if args.count {
         println!("{}", client.count(&filter).await?);
@@ -177,7 +55,7 @@ pub async fn run(app: App, args: QueryArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Writes events in the chosen format.
-pub fn write_events(out: &mut impl Write, format: Format, events: &[StoredEvent]) -> std::io::Result<()> {
+pub(crate) fn write_events(out: &mut impl Write, format: Format, events: &[StoredEvent]) -> std::io::Result<()> {
     match format {
         Format::Ndjson => {
             for e in events {

@@ -11,7 +11,7 @@ use audit_server::workload::{Workload, WorkloadShape, organization};
 
 /// Arguments of `audit-db demo`.
 #[derive(Debug, clap::Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// How many events to generate and ingest.
     #[arg(long, default_value_t = 100_000)]
     pub events: usize,
@@ -21,9 +21,9 @@ pub struct DemoArgs {
 }
 
 /// Runs the tour.
-pub async fn run(app: App, args: DemoArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(app: App, args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("audit-db demo: {} realistic events (patient data access, payments, logins)", args.events);
-    println!("database: {}", audit_client::pg::describe_url(&app.url));
+    println!("database: {}", app.connector().target());
     app.migrate().await?;
     let client = app.client().await?;
     let now = Utc::now();

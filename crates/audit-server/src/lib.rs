@@ -4,5 +4,10 @@
 //! Architecture invariant: this is the only crate that names every other crate's concrete types; libraries meet
 //! through audit-core's traits, and only binaries install tracing subscribers and metrics exporters.
 
+#![warn(missing_docs, clippy::print_stdout, clippy::print_stderr)]
+
 pub mod app;
+pub mod config;
+pub mod filter_params;
+pub mod http;
 pub mod workload;

@@ -13,6 +13,7 @@ mod demo;
 mod serve;
 
 use audit_server::app::{App, load_config};
+use audit_server::config::AuditConfig;
 
 /// audit-db: a tamper-evident, partitioned PostgreSQL audit log.
 ///
@@ -43,7 +44,7 @@ enum Command {
     /// stored), 1 on a fatal error.
     Ingest(cli_ingest::IngestArgs),
     /// Query stored events (newest first); prints `next_cursor=TOKEN` on stderr when more rows match.
-    Query(cli_query::QueryArgs),
+    Query(Box<cli_query::QueryArgs>),
     /// Print the health report as JSON (exit 1 when unhealthy).
     Health,
     /// The newcomer's tour: generate realistic events, ingest them, run the seed's example queries, print health.
@@ -110,12 +111,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, config: audit_core::config::AuditConfig) -> anyhow::Result<ExitCode> {
+async fn run(command: Command, config: AuditConfig) -> anyhow::Result<ExitCode> {
     match command {
         Command::Migrate { down } => {
             let app = App::open(config).await?;
             if down {
-                match audit_client::revert_last(&app.url).await? {
+                match audit_pg::revert_last(app.connector()).await? {
                     Some(v) => println!("{}", serde_json::json!({"reverted": v})),
                     None => println!("{}", serde_json::json!({"reverted": null})),
                 }
@@ -131,7 +132,7 @@ async fn run(command: Command, config: audit_core::config::AuditConfig) -> anyho
             config.ingest.outage_patience_ms = config.ingest.outage_patience_ms.max(600_000);
             cli_ingest::run(App::open(config).await?, args).await
         }
-        Command::Query(args) => cli_query::run(App::open(config).await?, args).await,
+        Command::Query(args) => cli_query::run(App::open(config).await?, *args).await,
         Command::Health => {
             let app = App::open(config).await?;
             let client = app.client().await?;
@@ -153,8 +154,8 @@ async fn run(command: Command, config: audit_core::config::AuditConfig) -> anyho
                 }
                 EmbeddedAction::Stop => {
                     if dir.join("PG_VERSION").exists() {
-                        let (_, cluster) = audit_server::app::resolve_database(&audit_core::config::AuditConfig {
-                            database: audit_core::config::DatabaseConfig { url: None, ..config.database.clone() },
+                        let (_, cluster) = audit_server::app::resolve_database(&AuditConfig {
+                            database: audit_pg::DatabaseConfig { url: None, ..config.database.clone() },
                             ..config
                         })
                         .await?;

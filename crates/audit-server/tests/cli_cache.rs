@@ -3,35 +3,27 @@
 //! the cache — against a real PostgreSQL and a real Redis.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use audit_core::config::CacheConfig;
-use audit_tests::{TestDb, redis_url};
+use audit_cache::{CacheConfig, TieredCache};
+use audit_core::QueryCache as _;
+use audit_testkit::{TestDb, redis_url};
 use chrono::{Duration, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{stderr, stdout};
+
 fn audit_db(db: &TestDb, config: &Path, redis: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_audit-db"))
-        .args(args)
+    cli::command(args)
         .arg("--config")
         .arg(config)
         .env("DATABASE_URL", &db.url)
         .env("REDIS_URL", redis)
-        .env("LOG_LEVEL", "info")
-        .env_remove("AUDIT_DB_CONFIG")
-        .env_remove("AUDIT_DB_CACHE_ENABLED")
-        .env_remove("REDIS_CLUSTER_MODE")
         .output()
         .expect("audit-db runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// The cache tier the query logged (`cache=db`, `cache=l1`, `cache=l2`).
@@ -63,9 +55,7 @@ fn event(org: &str, action: &str, ago: Duration) -> Value {
 }
 
 fn ingest(db: &TestDb, config: &Path, redis: &str, dir: &Path, name: &str, events: &[Value]) {
-    let file = dir.join(name);
-    let text: String = events.iter().map(|e| format!("{e}\n")).collect();
-    std::fs::write(&file, text).unwrap();
+    let file = cli::write_lines(dir, name, events);
     let o = audit_db(db, config, redis, &["ingest", file.to_str().unwrap()]);
     assert!(o.status.success(), "ingest: {}\n{}", stdout(&o), stderr(&o));
 }
@@ -76,7 +66,7 @@ struct RedisCleanup(CacheConfig);
 
 impl RedisCleanup {
     async fn clear(&self) -> u64 {
-        audit_cache::TieredCache::new(&self.0).unwrap().clear().await.unwrap()
+        TieredCache::new(&self.0).unwrap().clear().await.unwrap()
     }
 }
 
@@ -85,7 +75,7 @@ impl Drop for RedisCleanup {
         let config = self.0.clone();
         let joined = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async { audit_cache::TieredCache::new(&config).unwrap().clear().await })
+            rt.block_on(async { TieredCache::new(&config).unwrap().clear().await })
         })
         .join();
         if !matches!(joined, Ok(Ok(_))) {

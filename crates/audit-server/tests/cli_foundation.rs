@@ -1,48 +1,22 @@
 //! The `audit-db` binary as a new user runs it: ingest with malformed lines, re-ingest, two ingesters at once,
 //! every query flag, paging, health — against a real PostgreSQL (a fresh database per test).
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use audit_tests::TestDb;
-use chrono::{Duration, SecondsFormat, Utc};
+use audit_testkit::TestDb;
+use chrono::Duration;
 use serde_json::{Value, json};
 
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{stderr, stdout, summary, ts};
+
 fn audit_db(db: &TestDb, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_audit-db"))
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env("LOG_LEVEL", "info")
-        .env_remove("REDIS_URL")
-        .output()
-        .expect("audit-db runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn summary(o: &Output) -> Value {
-    let out = stdout(o);
-    serde_json::from_str(out.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("summary line is JSON ({e}): {out}\nstderr: {}", stderr(o)))
-}
-
-fn ts(d: Duration) -> String {
-    (Utc::now() - d).to_rfc3339_opts(SecondsFormat::Micros, true)
+    cli::run(&db.url, &[], args)
 }
 
 fn write_file(dir: &tempfile::TempDir, name: &str, lines: &[String]) -> String {
-    let path = dir.path().join(name);
-    let mut f = std::fs::File::create(&path).unwrap();
-    for l in lines {
-        writeln!(f, "{l}").unwrap();
-    }
-    path.to_string_lossy().into_owned()
+    cli::write_lines(dir.path(), name, lines).to_string_lossy().into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,8 +101,7 @@ async fn two_ingesters_of_the_same_file_store_each_event_once() {
         .collect();
     let file = write_file(&dir, "race.ndjson", &lines);
     let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_audit-db"))
-            .args(["ingest", &file])
+        cli::command(&["ingest", &file])
             .env("DATABASE_URL", &db.url)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -224,12 +197,11 @@ async fn query_flags_formats_and_paging() {
 #[test]
 fn a_stopped_database_fails_fast_naming_host_and_port() {
     let started = std::time::Instant::now();
-    let o = Command::new(env!("CARGO_BIN_EXE_audit-db"))
-        .args(["query", "--org", "x"])
-        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/test")
-        .env("AUDIT_DB_CONNECTION_TIMEOUT", "1000")
-        .output()
-        .unwrap();
+    let o = cli::run(
+        "postgres://postgres@127.0.0.1:1/test",
+        &[("AUDIT_DB_CONNECTION_TIMEOUT", "1000")],
+        &["query", "--org", "x"],
+    );
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.contains("127.0.0.1:1"), "{err}");

@@ -4,65 +4,29 @@
 //! `session_replication_role = replica`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use audit_core::integrity::{Hash, NoteVerifier, event_from_json, leaf_hash, verify_inclusion};
-use audit_tests::TestDb;
-use chrono::{Duration, SecondsFormat, Utc};
+use audit_integrity::{Hash, NoteVerifier, event_from_json, leaf_hash, verify_inclusion};
+use audit_testkit::{TestDb, sql};
+use chrono::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{json_lines, ok, stderr, stdout, ts};
 
 /// Organisations used by the tests; no name is a substring of another, so "grep for another organisation" works.
 const ORGS: [&str; 4] = ["north-clinic", "south-bank", "east-lab", "west-pharma"];
 
 fn audit_db(db: &TestDb, key: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_audit-db"))
-        .args(args)
-        .env("DATABASE_URL", &db.url)
-        .env("AUDIT_DB_SIGNING_KEY_FILE", key)
-        .env("LOG_LEVEL", "info")
-        .env_remove("REDIS_URL")
-        .env_remove("AUDIT_DB_CONFIG")
-        .output()
-        .expect("audit-db runs")
+    cli::run(&db.url, &[("AUDIT_DB_SIGNING_KEY_FILE", key.to_str().unwrap())], args)
 }
 
 /// `audit-db` with no database and no key in the environment (what an auditor has).
 fn audit_db_offline(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_audit-db"))
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("AUDIT_DB_SIGNING_KEY_FILE")
-        .env_remove("REDIS_URL")
-        .env_remove("AUDIT_DB_CONFIG")
-        .output()
-        .expect("audit-db runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(o: &Output, what: &str) {
-    assert!(o.status.success(), "{what} failed ({:?})\nstdout: {}\nstderr: {}", o.status, stdout(o), stderr(o));
-}
-
-fn json_lines(o: &Output) -> Vec<Value> {
-    stdout(o)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is JSON ({e}): {l}")))
-        .collect()
-}
-
-fn ts(ago: Duration) -> String {
-    (Utc::now() - ago).to_rfc3339_opts(SecondsFormat::Micros, true)
+    cli::run_offline(args)
 }
 
 /// `n` events per organisation plus `shared` events without one. Every event carries a marker naming its
@@ -90,21 +54,11 @@ fn events(n: usize, shared: usize, round: &str) -> Vec<Value> {
     out
 }
 
-fn write_ndjson(dir: &Path, name: &str, lines: &[Value]) -> String {
-    let path = dir.join(name);
-    let mut f = std::fs::File::create(&path).unwrap();
-    for l in lines {
-        writeln!(f, "{l}").unwrap();
-    }
-    path.to_string_lossy().into_owned()
-}
-
 fn ingest(db: &TestDb, key: &Path, dir: &Path, name: &str, lines: &[Value]) {
-    let file = write_ndjson(dir, name, lines);
-    let o = audit_db(db, key, &["ingest", &file]);
+    let file = cli::write_lines(dir, name, lines);
+    let o = audit_db(db, key, &["ingest", file.to_str().unwrap()]);
     ok(&o, "ingest");
-    let summary: Value = serde_json::from_str(stdout(&o).lines().last().unwrap_or_default()).unwrap();
-    assert_eq!(summary, json!({"accepted": lines.len(), "rejected": 0, "duplicates": 0}));
+    assert_eq!(cli::summary(&o), json!({"accepted": lines.len(), "rejected": 0, "duplicates": 0}));
 }
 
 /// Writes a key with `audit-db keygen` and checks the files a user gets.
@@ -141,14 +95,6 @@ fn rows_of(db: &TestDb, key: &Path, org: &str) -> BTreeMap<i64, Value> {
     let o = audit_db(db, key, &["query", "--org", org, "--limit", "10000"]);
     ok(&o, "query");
     json_lines(&o).into_iter().map(|v| (v["seq"].as_i64().unwrap(), v)).collect()
-}
-
-async fn superuser(db: &TestDb) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
 }
 
 fn verified_leaves(o: &Output) -> u64 {
@@ -225,7 +171,7 @@ async fn tampering_by_a_superuser_is_found_and_named() {
     let north = rows_of(&db, &key, "north-clinic");
     let south = rows_of(&db, &key, "south-bank");
     let west = rows_of(&db, &key, "west-pharma");
-    let su = superuser(&db).await;
+    let su = sql(&db.url).await;
     su.batch_execute("SET session_replication_role = replica").await.unwrap();
     // 1. north-clinic seq 7: one key of `details` changed (leaf_hash left alone).
     let altered_id: Uuid = su

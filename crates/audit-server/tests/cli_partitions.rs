@@ -3,26 +3,21 @@
 //! legal holds, and the analysis report — against a real PostgreSQL (a fresh database per test).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use audit_tests::TestDb;
+use audit_testkit::{TestDb, sql};
 use chrono::{DateTime, Datelike, Duration, Months, SecondsFormat, TimeZone, Timelike, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+#[path = "support/cli.rs"]
+mod cli;
+use cli::{stderr, stdout};
+
 fn cmd(db: &TestDb, env: &[(&str, &str)], args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_audit-db"));
-    c.args(args)
-        .env("DATABASE_URL", &db.url)
-        .env("LOG_LEVEL", "info")
-        .env_remove("REDIS_URL")
-        .env_remove("AUDIT_DB_CONFIG")
-        .env_remove("AUDIT_DB_ARCHIVE_DIR")
-        .env_remove("AUDIT_DB_PARTITION_INTERVAL")
-        .env_remove("AUDIT_DB_PARTITION_STRATEGY")
-        .env_remove("AUDIT_DB_PARTITION_RETENTION_DAYS");
+    let mut c = cli::command(args);
+    c.env("DATABASE_URL", &db.url);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -30,22 +25,12 @@ fn cmd(db: &TestDb, env: &[(&str, &str)], args: &[&str]) -> Command {
 }
 
 fn audit_db(db: &TestDb, env: &[(&str, &str)], args: &[&str]) -> Output {
-    cmd(db, env, args).output().expect("audit-db runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    cli::run(&db.url, env, args)
 }
 
 /// Runs a command that must succeed and print one JSON document.
 fn json_of(db: &TestDb, env: &[(&str, &str)], args: &[&str]) -> Value {
-    let o = audit_db(db, env, args);
-    assert!(o.status.success(), "{args:?} failed ({:?})\nstdout: {}\nstderr: {}", o.status, stdout(&o), stderr(&o));
-    serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("{args:?} prints JSON ({e}): {}", stdout(&o)))
+    cli::json_of(&db.url, env, args)
 }
 
 fn time(v: &Value) -> DateTime<Utc> {
@@ -81,14 +66,6 @@ fn periods(first: DateTime<Utc>, months: u32, n: usize) -> Vec<(DateTime<Utc>, D
             (from, from + Months::new(months))
         })
         .collect()
-}
-
-async fn superuser(db: &TestDb) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
 }
 
 /// Starts `n` copies of `partitions maintain` at once and returns their outputs.
@@ -166,7 +143,7 @@ async fn maintenance_keeps_future_periods_ready_and_runs_one_at_a_time() {
     }
 
     // While another instance holds the maintenance lock, eight maintainers all skip — and all exit 0.
-    let holder = superuser(&db).await;
+    let holder = sql(&db.url).await;
     let locked: bool = holder
         .query_one("SELECT pg_try_advisory_lock($1)", &[&audit_partition::MAINTENANCE_LOCK_KEY])
         .await
@@ -228,7 +205,7 @@ async fn quarterly_partitions_follow_calendar_quarters() {
     let q2_2019 =
         (Utc.with_ymd_and_hms(2019, 4, 1, 0, 0, 0).unwrap(), Utc.with_ymd_and_hms(2019, 7, 1, 0, 0, 0).unwrap());
     assert_eq!(parts.get("audit_log_2019_q2"), Some(&q2_2019), "{parts:?}");
-    let su = superuser(&db).await;
+    let su = sql(&db.url).await;
     let n: i64 = su.query_one("SELECT count(*) FROM audit_log_2019_q2", &[]).await.unwrap().get(0);
     assert_eq!(n, 1);
 
@@ -342,16 +319,11 @@ async fn expired_partitions_are_archived_then_dropped_unless_held() {
                           "data_classification": "INTERNAL"}),
         );
     }
-    let file = dir.path().join("events.ndjson");
-    let mut f = std::fs::File::create(&file).unwrap();
-    for l in &lines {
-        writeln!(f, "{l}").unwrap();
-    }
-    drop(f);
+    let file = cli::write_lines(dir.path(), "events.ndjson", &lines);
     let o = audit_db(&db, env, &["ingest", file.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
 
-    let su = superuser(&db).await;
+    let su = sql(&db.url).await;
     let before_parts = status(&db, env);
     let before_rows = total_rows(&su).await;
     assert_eq!(before_rows, 37);

@@ -6,27 +6,32 @@
 //! Every process a test starts (PostgreSQL clusters, redis-server, the binary) is stopped when the test ends, also
 //! when it fails.
 
-use audit_tests::proxy;
-use audit_tests::proxy::{server_addr, through};
+use audit_testkit::proxy;
+use audit_testkit::proxy::{server_addr, through};
+use audit_testkit::wait_for;
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use audit_cache::{CacheOptions, TieredCache};
 use audit_client::{Ack, AuditClient, BatchItem};
-use audit_core::config::AuditConfig;
-use audit_core::{CacheTier, ErrorClass, EventFilter, HealthState, NoCache};
+use audit_core::{CacheTier, ErrorClass, EventFilter, HealthState, NoCache, RetrySchedule};
 use audit_partition::PartitionManager;
-use audit_resilience::{BreakerRegistry, BreakerState, Policy, RetryPolicy, names};
-use audit_tests::cluster::start_private_cluster;
-use audit_tests::{TestDb, assert_exactly_once_and_gap_free, sql};
+use audit_pg::Connector;
+use audit_resilience::{BreakerState, Policy, names};
+use audit_server::app::App;
+use audit_server::config::AuditConfig;
+use audit_testkit::cluster::start_private_cluster;
+use audit_testkit::redis::RedisServer;
+use audit_testkit::{TestDb, assert_exactly_once_and_gap_free, sql};
 use chrono::{SecondsFormat, Utc};
 use proxy::{ProxyMode, TcpProxy};
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+#[path = "support/cli.rs"]
+mod cli;
 
 type PolicyClient = AuditClient<PartitionManager, NoCache, Policy>;
 
@@ -53,39 +58,30 @@ fn events(n: usize, tag: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Polls `cond` every 50 ms until it holds; panics naming `what` after `within`.
-async fn wait_for<F, Fut>(what: &str, within: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The binary's wiring ([`App`]: configuration, breakers, policies) for the primary at `url`.
+async fn open_app(url: &str, mut config: AuditConfig) -> App {
+    config.database.url = Some(url.to_string());
+    App::open(config).await.expect("the app opens")
 }
 
 /// Migrates and premakes partitions directly on `db_url`, then connects a client to `client_url` (possibly a
-/// proxy) with the primary `Policy` the binary uses (`Policy::for_database`) from `registry`.
-async fn policy_client(
-    db_url: &str,
-    client_url: &str,
-    config: AuditConfig,
-    registry: &BreakerRegistry,
-) -> PolicyClient {
-    audit_client::run_migrations(db_url).await.expect("migrations apply");
-    let pm = PartitionManager::connect(db_url, config.partition.clone()).await.expect("partition manager");
+/// proxy) with the primary `Policy` the binary uses (`App::database_policy`; its breakers are `app.breakers()`).
+async fn policy_client(db_url: &str, client_url: &str, config: AuditConfig) -> (App, PolicyClient) {
+    let direct = Connector::new(db_url, config.database.connect_options(names::PRIMARY)).expect("a valid test URL");
+    audit_pg::run_migrations(&direct).await.expect("migrations apply");
+    let pm = PartitionManager::connect(&direct, config.partition.clone()).await.expect("partition manager");
     pm.premake().await.expect("premake");
-    let policy = Policy::for_database(&config.circuit_breaker, &config.database, registry, names::PRIMARY);
-    AuditClient::connect(config, client_url, pm, NoCache, policy).await.expect("client connects")
+    let app = open_app(client_url, config).await;
+    let client = AuditClient::connect(app.client_config(), &app.url, pm, NoCache, app.database_policy())
+        .await
+        .expect("client connects");
+    (app, client)
 }
 
 /// The binary, run asynchronously (the test's runtime keeps serving proxies meanwhile); killed if the test ends
 /// first.
 fn audit_db(args: &[&str], envs: &[(&str, &str)]) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_audit-db"));
-    c.args(args).env_remove("REDIS_URL").env_remove("AUDIT_DB_CONFIG").env("LOG_LEVEL", "info").kill_on_drop(true);
+    let mut c = cli::async_command(args);
     for (k, v) in envs {
         c.env(k, v);
     }
@@ -139,13 +135,7 @@ async fn an_ingest_waits_out_a_database_restart_and_stores_every_event_once() {
     assert!(m.status.success(), "migrate: {}", text(&m.stderr));
 
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("events.ndjson");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
-        for e in events(N, "restart") {
-            writeln!(f, "{e}").unwrap();
-        }
-    }
+    let file = cli::write_lines(dir.path(), "events.ndjson", &events(N, "restart"));
     let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut child = audit_db(&["ingest", file.to_str().unwrap()], &env)
         .stdout(Stdio::from(std::fs::File::create(&out_path).unwrap()))
@@ -213,8 +203,7 @@ async fn an_ingest_waits_out_a_database_restart_and_stores_every_event_once() {
 async fn a_lost_commit_under_the_retry_policy_is_stored_once_and_acknowledged_stored() {
     let db = TestDb::create("res_policy_commit").await;
     let proxy = TcpProxy::start(server_addr(&db.url).await).await;
-    let registry = BreakerRegistry::from_config(&AuditConfig::default().circuit_breaker);
-    let client = policy_client(&db.url, &through(&db.url, &proxy), AuditConfig::default(), &registry).await;
+    let (app, client) = policy_client(&db.url, &through(&db.url, &proxy), AuditConfig::default()).await;
 
     // Bulk path (one COPY transaction per chunk).
     proxy.cut_next_commits(1);
@@ -249,7 +238,7 @@ async fn a_lost_commit_under_the_retry_policy_is_stored_once_and_acknowledged_st
             Ack::Duplicate { event_id } => panic!("{event_id} reported as a duplicate after a lost COMMIT"),
         }
     }
-    let primary = registry.get(names::PRIMARY).expect("the primary breaker exists");
+    let primary = app.breakers().get(names::PRIMARY).expect("the primary breaker exists");
     assert_eq!(primary.state(), BreakerState::Closed, "one lost connection must not open the breaker");
 }
 
@@ -267,8 +256,8 @@ fn short_timeouts() -> AuditConfig {
 /// per-attempt timeout (`connectionTimeout + queryTimeout`) plus the first retry delay, with slack for load.
 async fn assert_unavailable_within_attempt_bound(client: &PolicyClient, config: &AuditConfig, filter: &EventFilter) {
     let per_attempt = Duration::from_millis(config.database.connection_timeout + config.database.query_timeout);
-    let bound = per_attempt * config.circuit_breaker.retry_attempts
-        + RetryPolicy::from_config(&config.circuit_breaker).delay_ceiling(1);
+    let bound =
+        per_attempt * config.circuit_breaker.retry_attempts + config.circuit_breaker.retry_schedule().delay_ceiling(1);
     let started = Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(60), client.query(filter)).await;
     let elapsed = started.elapsed();
@@ -278,8 +267,8 @@ async fn assert_unavailable_within_attempt_bound(client: &PolicyClient, config: 
         Err(_) => panic!("the query hung on a silent network"),
     };
     println!("blackholed query failed after {} ms (bound {} ms): {err}", elapsed.as_millis(), bound.as_millis());
-    assert_eq!(err.class, ErrorClass::Unavailable, "{err:?}");
-    assert_eq!(err.component.as_deref(), Some(names::PRIMARY), "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Unavailable, "{err:?}");
+    assert_eq!(err.component(), Some(names::PRIMARY), "{err:?}");
     assert!(elapsed < bound + Duration::from_secs(5), "took {elapsed:?}; bound {bound:?} (+5 s slack for load)");
 }
 
@@ -288,8 +277,7 @@ async fn a_blackholed_connection_ends_in_an_unavailable_error_within_the_attempt
     let db = TestDb::create("res_blackhole").await;
     let proxy = TcpProxy::start(server_addr(&db.url).await).await;
     let config = short_timeouts();
-    let registry = BreakerRegistry::from_config(&config.circuit_breaker);
-    let client = policy_client(&db.url, &through(&db.url, &proxy), config.clone(), &registry).await;
+    let (_app, client) = policy_client(&db.url, &through(&db.url, &proxy), config.clone()).await;
     assert_eq!(client.insert_batch(events(20, "bh")).await.unwrap().accepted(), 20);
     let filter = EventFilter { organization_id: Some("org1".into()), ..EventFilter::default() };
     assert_eq!(client.query(&filter).await.expect("answers while the network passes").page.events.len(), 3);
@@ -316,8 +304,7 @@ async fn a_connection_attempt_that_is_never_answered_does_not_wedge_the_read_poo
     let db = TestDb::create("res_silent_connect").await;
     let proxy = TcpProxy::start(server_addr(&db.url).await).await;
     let config = short_timeouts();
-    let registry = BreakerRegistry::from_config(&config.circuit_breaker);
-    let client = policy_client(&db.url, &through(&db.url, &proxy), config.clone(), &registry).await;
+    let (_app, client) = policy_client(&db.url, &through(&db.url, &proxy), config.clone()).await;
     assert_eq!(client.insert_batch(events(20, "silent")).await.unwrap().accepted(), 20);
 
     // The read pool has no connection yet: its first one is opened into the blackhole and never answered.
@@ -356,12 +343,11 @@ async fn an_open_breaker_fails_fast_and_the_client_recovers_when_the_database_re
     config.circuit_breaker.failure_threshold = 3;
     config.circuit_breaker.reset_timeout_ms = 2_000;
     config.circuit_breaker.retry_attempts = 2;
-    let registry = BreakerRegistry::from_config(&config.circuit_breaker);
-    let client = policy_client(&url, &url, config, &registry).await;
+    let (app, client) = policy_client(&url, &url, config).await;
     assert_eq!(client.insert_batch(events(70, "breaker")).await.unwrap().accepted(), 70);
     let filter = EventFilter { organization_id: Some("org3".into()), ..EventFilter::default() };
     assert_eq!(client.count(&filter).await.unwrap(), 10);
-    let primary = registry.get(names::PRIMARY).expect("the primary breaker exists");
+    let primary = app.breakers().get(names::PRIMARY).expect("the primary breaker exists");
 
     cluster.stop().await.expect("stop the cluster");
     let down_at = Instant::now();
@@ -376,7 +362,7 @@ async fn an_open_breaker_fails_fast_and_the_client_recovers_when_the_database_re
     let err = client.count(&filter).await.expect_err("the breaker is open");
     let fail_fast = started.elapsed();
     assert!(err.is_circuit_open(), "refused by the breaker, without calling the database: {err:?}");
-    assert_eq!(err.class, ErrorClass::Unavailable);
+    assert_eq!(err.class(), ErrorClass::Unavailable);
     assert_eq!(primary.state(), BreakerState::Open);
     let report = client.health().await;
     assert_eq!(report.overall, HealthState::Unhealthy);
@@ -403,70 +389,10 @@ async fn an_open_breaker_fails_fast_and_the_client_recovers_when_the_database_re
     assert_eq!(client.health().await.overall, HealthState::Healthy);
 }
 
-/// A redis-server this test owns, on a free port, without persistence; killed (by its own pid) on drop.
-struct Redis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl Redis {
-    async fn start(port: u16, dir: &Path) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let r = Self { port, child: Some(child) };
-        wait_for("redis-server to answer PING", Duration::from_secs(15), || r.pong()).await;
-        r
-    }
-
-    async fn pong(&self) -> bool {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok(Ok(mut s)) =
-            tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(("127.0.0.1", self.port)))
-                .await
-        else {
-            return false;
-        };
-        let mut buf = [0u8; 7];
-        let exchange = async {
-            s.write_all(b"PING\r\n").await?;
-            s.read_exact(&mut buf).await
-        };
-        matches!(tokio::time::timeout(Duration::from_millis(500), exchange).await, Ok(Ok(_))) && &buf == b"+PONG\r\n"
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_redis_costs_no_error_and_its_breaker_closes_when_it_returns() {
     let db = TestDb::create("res_redis").await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut redis = Redis::start(free_port(), dir.path()).await;
+    let redis = RedisServer::start().await;
     let mut config = AuditConfig::default();
     config.cache.redis_url = Some(redis.url());
     config.cache.key_prefix = format!("audit-db-res-{}:", Uuid::new_v4().simple());
@@ -476,20 +402,27 @@ async fn a_dead_redis_costs_no_error_and_its_breaker_closes_when_it_returns() {
 
     // Wired as `App::client` wires it: one registry; Redis behind a breaker without retry; the cache's own Redis
     // bounds generous for a loaded machine.
-    audit_client::run_migrations(&db.url).await.unwrap();
-    let pm = PartitionManager::connect(&db.url, config.partition.clone()).await.unwrap();
-    pm.premake().await.unwrap();
-    let registry = BreakerRegistry::from_config(&config.circuit_breaker);
+    let app = open_app(&db.url, config).await;
+    app.migrate().await.unwrap();
+    let registry = app.breakers();
     let redis_policy =
-        Policy::from_config(&config.circuit_breaker, &registry, names::REDIS).with_retry(RetryPolicy::none());
+        Policy::from_config(&app.config.circuit_breaker, registry, names::REDIS).with_retry(RetrySchedule::none());
     let options = CacheOptions {
         redis_timeout: Duration::from_millis(1_000),
-        redis_retry_after: Duration::from_millis(200),
+        // Owed invalidations are re-sent every 200 ms or so, until Redis takes them.
+        invalidation_retry: RetrySchedule::new(u32::MAX, Duration::from_millis(200), Duration::from_millis(200)),
         ..CacheOptions::default()
     };
-    let cache = TieredCache::with_policy(&config.cache, options, redis_policy).unwrap();
-    let policy = Policy::for_database(&config.circuit_breaker, &config.database, &registry, names::PRIMARY);
-    let client: audit_server::app::Client = AuditClient::connect(config, &db.url, pm, cache, policy).await.unwrap();
+    let cache = TieredCache::with_policy(&app.config.cache, options, redis_policy).unwrap();
+    let client: audit_server::app::Client = AuditClient::connect(
+        app.client_config(),
+        &app.url,
+        app.partitions().await.unwrap(),
+        cache,
+        app.database_policy(),
+    )
+    .await
+    .unwrap();
 
     let org1 = EventFilter { organization_id: Some("org1".into()), limit: Some(1_000), ..EventFilter::default() };
     let pg = sql(&db.url).await;
@@ -531,7 +464,7 @@ async fn a_dead_redis_costs_no_error_and_its_breaker_closes_when_it_returns() {
         serde_json::to_string(&report.components["redis"]).unwrap()
     );
 
-    let _redis = Redis::start(redis.port, dir.path()).await;
+    redis.restart().await;
     let back_at = Instant::now();
     loop {
         let a = client.query(&org1).await.expect("no error while Redis returns");

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
+use audit_cache::CacheConfig;
 use audit_cache::TieredCache;
-use audit_core::config::CacheConfig;
 use audit_core::{Cursor, Page, QueryCache, QueryScope, StoredEvent};
 use audit_server::workload::{Workload, WorkloadShape};
 use chrono::Utc;
@@ -19,13 +19,13 @@ use super::rows::RowFactory;
 use super::{Ctx, env, progress};
 
 /// Configured budget of the measured cache.
-pub const SIZE_MB: u64 = 64;
+pub(crate) const SIZE_MB: u64 = 64;
 
 /// Events per cached page (the default query limit).
 const PAGE_EVENTS: usize = 100;
 
 /// The cache group: runs the probe in a child process and turns its report into the measure.
-pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Measure>> {
+pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Measure>> {
     let exe = std::env::current_exe().context("locating the xtask binary")?;
     let out = tokio::process::Command::new(exe)
         .args(["l1-rss-probe", "--size-mb", &SIZE_MB.to_string(), "--seed", &ctx.seed.to_string()])
@@ -60,7 +60,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Measure>> {
 }
 
 /// The probe itself (runs in the child process): fills a `maxSizeMB = size_mb` L1 and reports memory.
-pub async fn probe(size_mb: u64, seed: u64) -> anyhow::Result<Value> {
+pub(crate) async fn probe(size_mb: u64, seed: u64) -> anyhow::Result<Value> {
     let now = Utc::now();
     // A pool of realistic events; pages are built from clones, so every cached page owns its allocations.
     let values: Vec<Value> = Workload::new(seed, WorkloadShape::default(), now).take(4_000).collect();

@@ -10,11 +10,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use audit_cache::CacheConfig;
 use audit_cache::TieredCache;
-use audit_client::embedded::{ClusterOptions, PrivateCluster};
 use audit_core::HealthState;
-use audit_core::config::{AuditConfig, CacheConfig};
+use audit_core::QueryCache as _;
+use audit_embedded::{ClusterOptions, PrivateCluster};
 use audit_server::app::App;
+use audit_server::config::AuditConfig;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio_postgres::NoTls;
@@ -24,7 +26,7 @@ use super::progress;
 /// Server settings of the private cluster: durable (`fsync`, `synchronous_commit`, `full_page_writes` stay on, as
 /// in the product), with memory and checkpoint spacing suited to a write-heavy benchmark so that checkpoints do not
 /// land at random inside measured phases.
-pub const PG_SETTINGS: &[(&str, &str)] = &[
+pub(crate) const PG_SETTINGS: &[(&str, &str)] = &[
     ("shared_buffers", "1GB"),
     ("effective_cache_size", "4GB"),
     ("work_mem", "32MB"),
@@ -45,10 +47,9 @@ pub const PG_SETTINGS: &[(&str, &str)] = &[
 ];
 
 /// Connects a plain tokio-postgres client (the "no library" side of every baseline) and drives its connection.
-pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .with_context(|| format!("connecting to {}", audit_client::pg::describe_url(url)))?;
+pub(crate) async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) =
+        tokio_postgres::connect(url, NoTls).await.with_context(|| format!("connecting to {}", describe_url(url)))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "benchmark connection ended");
@@ -58,7 +59,7 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 }
 
 /// The same server URL naming another database (URL form `postgres://…/db?…` or key/value form).
-pub fn with_database(url: &str, db: &str) -> String {
+pub(crate) fn with_database(url: &str, db: &str) -> String {
     if let Some(scheme_end) = url.find("://") {
         let (head, query) = match url.find('?') {
             Some(q) => (&url[..q], &url[q..]),
@@ -89,7 +90,7 @@ enum RedisSource {
 }
 
 /// Everything the experiments share.
-pub struct BenchEnv {
+pub(crate) struct BenchEnv {
     /// Base URL of the server (some database on it).
     base_url: String,
     cluster: Option<PrivateCluster>,
@@ -110,13 +111,13 @@ pub struct BenchEnv {
 
 impl std::fmt::Debug for BenchEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BenchEnv").field("base_url", &audit_client::redact(&self.base_url)).finish_non_exhaustive()
+        f.debug_struct("BenchEnv").field("base_url", &audit_pg::redact(&self.base_url)).finish_non_exhaustive()
     }
 }
 
 impl BenchEnv {
     /// Starts (or connects to) PostgreSQL and Redis.
-    pub async fn start(database_url: Option<String>, keep: bool) -> anyhow::Result<Self> {
+    pub(crate) async fn start(database_url: Option<String>, keep: bool) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("audit-db-bench-").tempdir().context("creating a temp directory")?;
         {
             use std::os::unix::fs::PermissionsExt;
@@ -129,11 +130,8 @@ impl BenchEnv {
         let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let (base_url, cluster, db_prefix, server_desc) = match database_url {
             Some(url) => {
-                progress(format!(
-                    "using the PostgreSQL server of DATABASE_URL ({})",
-                    audit_client::pg::describe_url(&url)
-                ));
-                let desc = json!({"kind": "given", "target": audit_client::pg::describe_url(&url)});
+                progress(format!("using the PostgreSQL server of DATABASE_URL ({})", describe_url(&url)));
+                let desc = json!({"kind": "given", "target": describe_url(&url)});
                 (url, None, format!("xtask_bench_{}_{suffix}_", std::process::id()), desc)
             }
             None => {
@@ -173,14 +171,14 @@ impl BenchEnv {
     }
 
     /// URL of database `db` on the server.
-    pub fn url_for(&self, db: &str) -> String {
+    pub(crate) fn url_for(&self, db: &str) -> String {
         with_database(&self.base_url, db)
     }
 
     /// Creates a fresh database named `<prefix><name>` (dropping a leftover of the same name), applies the
     /// migrations and premakes partitions through `App`, creates the partitions covering `[from, to]`, and returns
     /// the app (its URL names the new database).
-    pub async fn fresh_database(
+    pub(crate) async fn fresh_database(
         &self,
         name: &str,
         config: &AuditConfig,
@@ -209,7 +207,7 @@ impl BenchEnv {
     }
 
     /// `SELECT version()` and the settings that matter for reading the numbers.
-    pub async fn describe_server(&self) -> anyhow::Result<Value> {
+    pub(crate) async fn describe_server(&self) -> anyhow::Result<Value> {
         let c = connect(&self.base_url).await?;
         let version: String = c.query_one("SELECT version()", &[]).await?.get(0);
         let mut settings = serde_json::Map::new();
@@ -233,7 +231,7 @@ impl BenchEnv {
     }
 
     /// Issues a `CHECKPOINT` so that a measured phase does not pay for the previous phase's dirty pages.
-    pub async fn checkpoint(&self) {
+    pub(crate) async fn checkpoint(&self) {
         match connect(&self.base_url).await {
             Ok(c) => {
                 if let Err(e) = c.batch_execute("CHECKPOINT").await {
@@ -245,9 +243,9 @@ impl BenchEnv {
     }
 
     /// Description of Redis for the results.
-    pub fn redis_desc(&self) -> Value {
+    pub(crate) fn redis_desc(&self) -> Value {
         match self.redis {
-            RedisSource::Given => json!({"kind": "given", "url": audit_client::redact(&self.redis_url)}),
+            RedisSource::Given => json!({"kind": "given", "url": audit_pg::redact(&self.redis_url)}),
             RedisSource::Private(_) => {
                 json!({"kind": "private redis-server (--save \"\" --appendonly no)", "url": self.redis_url})
             }
@@ -255,7 +253,7 @@ impl BenchEnv {
     }
 
     /// Removes what the run created (unless `--keep`).
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         let cache_cfg = CacheConfig {
             redis_url: Some(self.redis_url.clone()),
             key_prefix: self.key_prefix.clone(),
@@ -303,6 +301,11 @@ impl BenchEnv {
     }
 }
 
+/// `PostgreSQL at host:port` of a URL, for messages.
+fn describe_url(url: &str) -> String {
+    url.parse::<tokio_postgres::Config>().map(|c| audit_pg::describe_target(&c)).unwrap_or_else(|_| "PostgreSQL".into())
+}
+
 /// Redis for L2: `REDIS_URL`, else 127.0.0.1:6379, else a private `redis-server` on a free port.
 async fn find_or_start_redis(key_prefix: &str) -> anyhow::Result<(String, RedisSource)> {
     let url = std::env::var("REDIS_URL")
@@ -310,7 +313,7 @@ async fn find_or_start_redis(key_prefix: &str) -> anyhow::Result<(String, RedisS
         .filter(|u| !u.trim().is_empty())
         .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     if redis_answers(&url, key_prefix).await {
-        progress(format!("using Redis at {}", audit_client::redact(&url)));
+        progress(format!("using Redis at {}", audit_pg::redact(&url)));
         return Ok((url, RedisSource::Given));
     }
     let port = std::net::TcpListener::bind(("127.0.0.1", 0))
@@ -319,7 +322,7 @@ async fn find_or_start_redis(key_prefix: &str) -> anyhow::Result<(String, RedisS
         .port();
     progress(format!(
         "Redis at {} does not answer: starting a private redis-server on port {port}",
-        audit_client::redact(&url)
+        audit_pg::redact(&url)
     ));
     let child = tokio::process::Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -348,7 +351,7 @@ async fn redis_answers(url: &str, key_prefix: &str) -> bool {
 }
 
 /// Resident and peak resident memory of this process, bytes (`VmRSS`, `VmHWM`).
-pub fn rss() -> (u64, u64) {
+pub(crate) fn rss() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
         text.lines()
@@ -361,7 +364,7 @@ pub fn rss() -> (u64, u64) {
 }
 
 /// CPU time (user + system) of this process, seconds (from `/proc/self/stat`, in USER_HZ = 100 ticks).
-pub fn process_cpu_seconds() -> f64 {
+pub(crate) fn process_cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15 of the whole line.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -371,7 +374,7 @@ pub fn process_cpu_seconds() -> f64 {
 }
 
 /// Facts about the machine, the toolchain and the source tree.
-pub fn machine() -> Value {
+pub(crate) fn machine() -> Value {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
     let cpu = cpuinfo

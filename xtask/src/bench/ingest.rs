@@ -21,14 +21,14 @@ use super::rows::{self, Row, RowFactory};
 use super::{Ctx, env, progress};
 
 /// COPY chunk of the baseline: the same as `insert_batch`'s transaction size (audit-client's `CHUNK`).
-pub const CHUNK: usize = 10_000;
+pub(crate) const CHUNK: usize = 10_000;
 
 /// Number of concurrent tasks of the concurrent ingest.
-pub const TASKS: usize = 1_000;
+pub(crate) const TASKS: usize = 1_000;
 
 /// The candidate database the query group reads.
 #[derive(Debug)]
-pub struct Dataset {
+pub(crate) struct Dataset {
     /// The candidate database (production wiring, URL in its config).
     pub app: App,
     /// Events stored in it.
@@ -36,7 +36,7 @@ pub struct Dataset {
 }
 
 /// The candidate's configuration: the production wiring with L2 on the benchmark's Redis.
-pub fn candidate_config(ctx: &Ctx) -> audit_core::config::AuditConfig {
+pub(crate) fn candidate_config(ctx: &Ctx) -> audit_server::config::AuditConfig {
     let mut c = ctx.config.clone();
     c.cache.redis_url = Some(ctx.env.redis_url.clone());
     c
@@ -103,7 +103,7 @@ async fn profiles(cand: &tokio_postgres::Client, copy: &tokio_postgres::Client) 
 }
 
 /// The ingest group. Returns its measures and the candidate data set for the query group.
-pub async fn run(ctx: &Ctx) -> anyhow::Result<(Vec<Measure>, Dataset)> {
+pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<(Vec<Measure>, Dataset)> {
     let s = ctx.sizes;
     let cfg = candidate_config(ctx);
     let candidate = ctx.env.fresh_database("candidate", &cfg, &ctx.covering()).await?;
@@ -284,7 +284,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<(Vec<Measure>, Dataset)> {
 }
 
 /// 1,000 tasks, each storing its share of `values` one `insert` at a time. Returns the wall time.
-pub async fn concurrent_inserts(client: &audit_server::app::Client, values: Vec<Value>) -> anyhow::Result<Duration> {
+pub(crate) async fn concurrent_inserts(
+    client: &audit_server::app::Client,
+    values: Vec<Value>,
+) -> anyhow::Result<Duration> {
     let mut shares: Vec<Vec<Value>> = (0..TASKS).map(|_| Vec::new()).collect();
     for (i, v) in values.into_iter().enumerate() {
         shares[i % TASKS].push(v);
@@ -311,7 +314,7 @@ pub async fn concurrent_inserts(client: &audit_server::app::Client, values: Vec<
 
 /// 1,000 tasks running one INSERT per transaction over `pool` connections until `duration` has passed. Returns the
 /// rows stored and the wall time (until the last in-flight INSERT finished).
-pub async fn per_call_inserts(
+pub(crate) async fn per_call_inserts(
     url: &str,
     pool: usize,
     rows: Arc<Vec<Row>>,
@@ -361,7 +364,7 @@ pub async fn per_call_inserts(
 }
 
 /// Loads the ingest data set into a fresh candidate database without timing it (when `--only` skips ingest).
-pub async fn load_untimed(ctx: &Ctx) -> anyhow::Result<Dataset> {
+pub(crate) async fn load_untimed(ctx: &Ctx) -> anyhow::Result<Dataset> {
     let cfg = candidate_config(ctx);
     let app = ctx.env.fresh_database("candidate", &cfg, &ctx.covering()).await?;
     let client = app.client().await?;

@@ -8,12 +8,10 @@
 use std::time::Instant;
 
 use anyhow::Context as _;
-use audit_client::integrity::IntegrityStore;
-use audit_core::event::{DataClassification, NewEvent, Status, StoredEvent};
-use audit_core::integrity::{MerkleTree, NoteSigner, canonical_bytes, hash_leaf, leaf_hash};
+use audit_core::event::StoredEvent;
+use audit_integrity::{MerkleTree, NoteSigner, canonical_bytes, hash_leaf, leaf_hash};
 use chrono::Utc;
-use serde_json::{Value, json};
-use tokio_postgres::types::Json;
+use serde_json::json;
 
 use super::ingest::Dataset;
 use super::measure::{Measure, Target};
@@ -23,40 +21,11 @@ use super::{Ctx, env, progress};
 const FLOOR_ROWS_FULL: i64 = 500_000;
 
 fn stored_event(r: &tokio_postgres::Row) -> anyhow::Result<StoredEvent> {
-    let details = match r.get::<_, Json<Value>>(17).0 {
-        Value::Object(m) => m,
-        other => anyhow::bail!("details is not an object: {other}"),
-    };
-    let leaf: Vec<u8> = r.get(19);
-    Ok(StoredEvent {
-        id: r.get(0),
-        ingested_at: r.get(3),
-        seq: r.get(18),
-        leaf_hash: leaf.as_slice().try_into().context("leaf hash of wrong length")?,
-        event: NewEvent {
-            event_id: r.get(1),
-            event_id_supplied: true,
-            timestamp: r.get(2),
-            action: r.get(4),
-            status: Status::parse(r.get(5)).context("unknown status")?,
-            principal_id: r.get(6),
-            organization_id: r.get(7),
-            target_resource_type: r.get(8),
-            target_resource_id: r.get(9),
-            outcome_description: r.get(10),
-            correlation_id: r.get(11),
-            data_classification: DataClassification::parse(r.get(12)).context("unknown classification")?,
-            retention_policy: r.get(13),
-            event_version: r.get(14),
-            ttl: r.get(15),
-            processing_latency: r.get(16),
-            details,
-        },
-    })
+    Ok(audit_pg::stored_event_from_row(r)?)
 }
 
 /// The integrity group (needs the ingest data set).
-pub async fn run(ctx: &Ctx, ds: Option<&Dataset>) -> anyhow::Result<Vec<Measure>> {
+pub(crate) async fn run(ctx: &Ctx, ds: Option<&Dataset>) -> anyhow::Result<Vec<Measure>> {
     let verify_target = Some(Target::at_least(1_000_000.0));
     let proof_target = Some(Target::at_most(2048.0));
     let Some(ds) = ds else {
@@ -67,7 +36,7 @@ pub async fn run(ctx: &Ctx, ds: Option<&Dataset>) -> anyhow::Result<Vec<Measure>
         ]);
     };
     let url = &ds.app.url;
-    let store = IntegrityStore::connect(url).await?;
+    let store = ds.app.integrity()?;
     let signer = NoteSigner::from_seed("xtask-bench", [7u8; 32])?;
     let verifier = signer.verifier();
 

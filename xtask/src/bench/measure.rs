@@ -10,7 +10,7 @@ use serde_json::Value;
 
 /// Which way a target points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Op {
+pub(crate) enum Op {
     /// The value must be at least the target.
     #[serde(rename = ">=")]
     AtLeast,
@@ -21,7 +21,7 @@ pub enum Op {
 
 /// A target from the issue: `value op threshold`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Target {
+pub(crate) struct Target {
     /// Direction.
     pub op: Op,
     /// Threshold.
@@ -30,17 +30,17 @@ pub struct Target {
 
 impl Target {
     /// `value >= threshold`.
-    pub fn at_least(value: f64) -> Self {
+    pub(crate) fn at_least(value: f64) -> Self {
         Self { op: Op::AtLeast, value }
     }
 
     /// `value <= threshold`.
-    pub fn at_most(value: f64) -> Self {
+    pub(crate) fn at_most(value: f64) -> Self {
         Self { op: Op::AtMost, value }
     }
 
     /// Whether `v` meets the target.
-    pub fn met_by(&self, v: f64) -> bool {
+    pub(crate) fn met_by(&self, v: f64) -> bool {
         match self.op {
             Op::AtLeast => v >= self.value,
             Op::AtMost => v <= self.value,
@@ -58,7 +58,7 @@ impl Target {
 
 /// One line of `results.json`.
 #[derive(Debug, Clone, Serialize)]
-pub struct Measure {
+pub(crate) struct Measure {
     /// Stable name (the issue's names for targeted measures).
     pub name: String,
     /// The figure compared with the target; `null` when it could not be measured.
@@ -86,7 +86,14 @@ pub struct Measure {
 
 impl Measure {
     /// A measured figure with its baseline; `pass` is computed from the target.
-    pub fn new(name: &str, value: f64, unit: &str, candidate: f64, baseline: f64, target: Option<Target>) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        value: f64,
+        unit: &str,
+        candidate: f64,
+        baseline: f64,
+        target: Option<Target>,
+    ) -> Self {
         let value = finite(value);
         Self {
             name: name.to_string(),
@@ -103,13 +110,13 @@ impl Measure {
     }
 
     /// A throughput ratio: `value = candidate ÷ baseline`.
-    pub fn ratio(name: &str, candidate: f64, baseline: f64, raw_unit: &str, target: Option<Target>) -> Self {
+    pub(crate) fn ratio(name: &str, candidate: f64, baseline: f64, raw_unit: &str, target: Option<Target>) -> Self {
         let v = if baseline > 0.0 { candidate / baseline } else { f64::NAN };
         Self::new(name, v, "ratio", candidate, baseline, target).raw_unit(raw_unit)
     }
 
     /// A measure that could not be taken: `value` null, `pass` false (or null when it has no target), and why.
-    pub fn unmeasured(name: &str, unit: &str, target: Option<Target>, why: impl Into<String>) -> Self {
+    pub(crate) fn unmeasured(name: &str, unit: &str, target: Option<Target>, why: impl Into<String>) -> Self {
         Self {
             name: name.to_string(),
             value: None,
@@ -125,19 +132,19 @@ impl Measure {
     }
 
     /// Sets the unit of the raw figures.
-    pub fn raw_unit(mut self, unit: &str) -> Self {
+    pub(crate) fn raw_unit(mut self, unit: &str) -> Self {
         self.raw_unit = Some(unit.to_string());
         self
     }
 
     /// Adds a note.
-    pub fn note(mut self, note: impl Into<String>) -> Self {
+    pub(crate) fn note(mut self, note: impl Into<String>) -> Self {
         self.note = Some(note.into());
         self
     }
 
     /// Adds details.
-    pub fn details(mut self, details: Value) -> Self {
+    pub(crate) fn details(mut self, details: Value) -> Self {
         self.details = details;
         self
     }
@@ -149,7 +156,7 @@ fn finite(v: f64) -> Option<f64> {
 
 /// The whole results file.
 #[derive(Debug, Clone, Serialize)]
-pub struct Results {
+pub(crate) struct Results {
     /// `quick` or `full`.
     pub mode: String,
     /// Machine, server and build description.
@@ -159,7 +166,7 @@ pub struct Results {
 }
 
 /// A number with a sensible number of digits for a table.
-pub fn fmt_num(v: f64) -> String {
+pub(crate) fn fmt_num(v: f64) -> String {
     let a = v.abs();
     if a == 0.0 {
         "0".to_string()
@@ -207,7 +214,7 @@ fn rows(measures: &[Measure]) -> Vec<[String; 7]> {
 const HEADERS: [&str; 7] = ["measure", "value", "candidate", "baseline", "target", "result", "note"];
 
 /// A plain-text table for stdout (notes are printed below the table, numbered, to keep lines short).
-pub fn text_table(measures: &[Measure]) -> String {
+pub(crate) fn text_table(measures: &[Measure]) -> String {
     let rows = rows(measures);
     let mut widths = [0usize; 6];
     for (i, h) in HEADERS.iter().take(6).enumerate() {
@@ -253,7 +260,7 @@ pub fn text_table(measures: &[Measure]) -> String {
 }
 
 /// A Markdown table (for `docs/benchmarks.md` and `results.md`).
-pub fn markdown_table(measures: &[Measure]) -> String {
+pub(crate) fn markdown_table(measures: &[Measure]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "| {} |", HEADERS.join(" | "));
     let _ = writeln!(out, "|{}", "---|".repeat(HEADERS.len()));
@@ -265,7 +272,7 @@ pub fn markdown_table(measures: &[Measure]) -> String {
 }
 
 /// Nearest-rank percentile (`q` in 0–100) of unsorted samples; `NaN` when there are none.
-pub fn percentile(samples: &[f64], q: f64) -> f64 {
+pub(crate) fn percentile(samples: &[f64], q: f64) -> f64 {
     if samples.is_empty() {
         return f64::NAN;
     }

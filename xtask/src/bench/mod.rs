@@ -4,15 +4,15 @@
 //! environment ([`env::BenchEnv`]), run the selected groups (ingest, query, integrity, retention, cache), write
 //! `target/bench/results.json` and `results.md`, print the table, optionally rewrite `docs/benchmarks.md`.
 
-pub mod cache_rss;
-pub mod env;
-pub mod ingest;
-pub mod integrity;
-pub mod measure;
-pub mod query;
-pub mod report;
-pub mod retention;
-pub mod rows;
+pub(crate) mod cache_rss;
+pub(crate) mod env;
+pub(crate) mod ingest;
+pub(crate) mod integrity;
+pub(crate) mod measure;
+pub(crate) mod query;
+pub(crate) mod report;
+pub(crate) mod retention;
+pub(crate) mod rows;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use audit_core::config::AuditConfig;
+use audit_server::config::AuditConfig;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -28,7 +28,7 @@ use measure::{Measure, Results};
 
 /// Arguments shared by `bench` and `bench-run`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Quick mode: ~1M rows, ≤ 5 minutes on 2 cores (default: full, 10M rows, ≤ 60 minutes).
     #[arg(long)]
     pub quick: bool,
@@ -88,7 +88,7 @@ impl BenchArgs {
 
 /// Sizes of one mode.
 #[derive(Debug, Clone, Copy)]
-pub struct Sizes {
+pub(crate) struct Sizes {
     /// Rows of the bulk ingest (also the data set the queries run on).
     pub rows: usize,
     /// Rows per alternation round of the bulk ingest.
@@ -139,10 +139,10 @@ impl Sizes {
 }
 
 /// The experiment groups, in run order.
-pub const GROUPS: [&str; 5] = ["cache", "ingest", "query", "integrity", "retention"];
+pub(crate) const GROUPS: [&str; 5] = ["cache", "ingest", "query", "integrity", "retention"];
 
 /// Group of each measure name this harness emits with a target.
-pub const MEASURE_GROUPS: &[(&str, &str)] = &[
+pub(crate) const MEASURE_GROUPS: &[(&str, &str)] = &[
     ("ingest_bulk_ratio_vs_copy", "ingest"),
     ("ingest_concurrent_ratio_vs_copy", "ingest"),
     ("ingest_concurrent_ratio_vs_per_call_insert", "ingest"),
@@ -158,7 +158,7 @@ pub const MEASURE_GROUPS: &[(&str, &str)] = &[
 ];
 
 /// Resolves `--only` to a set of groups; unknown names are an error naming the valid ones.
-pub fn selected_groups(only: &[String]) -> anyhow::Result<Vec<&'static str>> {
+pub(crate) fn selected_groups(only: &[String]) -> anyhow::Result<Vec<&'static str>> {
     if only.is_empty() {
         return Ok(GROUPS.to_vec());
     }
@@ -185,14 +185,14 @@ pub fn selected_groups(only: &[String]) -> anyhow::Result<Vec<&'static str>> {
 static STARTED: OnceLock<Instant> = OnceLock::new();
 
 /// Prints a progress line on stderr with the time since the run started.
-pub fn progress(msg: impl AsRef<str>) {
+pub(crate) fn progress(msg: impl AsRef<str>) {
     let t = STARTED.get_or_init(Instant::now).elapsed().as_secs_f64();
     eprintln!("[{t:>7.1}s] {}", msg.as_ref());
 }
 
 /// What every experiment gets.
 #[derive(Debug)]
-pub struct Ctx {
+pub(crate) struct Ctx {
     /// The environment.
     pub env: env::BenchEnv,
     /// Sizes of the mode.
@@ -208,19 +208,19 @@ pub struct Ctx {
 impl Ctx {
     /// The workload shape of the ingest data set (the audit-server default: 300 organisations, 50k principals,
     /// 60 days, 2 % in the last hour).
-    pub fn shape(&self) -> audit_server::workload::WorkloadShape {
+    pub(crate) fn shape(&self) -> audit_server::workload::WorkloadShape {
         audit_server::workload::WorkloadShape::default()
     }
 
     /// The partitions the ingest data set needs: `[now - span - 1 day, now + 1 day]`.
-    pub fn covering(&self) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    pub(crate) fn covering(&self) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
         let span = chrono::Duration::days(self.shape().span_days + 1);
         vec![(self.now - span, self.now + chrono::Duration::days(1))]
     }
 }
 
 /// `cargo xtask bench`: run `bench-run` from an optimised build.
-pub fn reexec_release(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn reexec_release(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if !cfg!(debug_assertions) {
         // Already optimised (e.g. `cargo run --release -p xtask -- bench`): no need to build again.
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -243,7 +243,7 @@ pub fn reexec_release(args: &BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `bench-run`: the whole suite in this process.
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if cfg!(debug_assertions) && !args.allow_debug {
         bail!("bench-run needs an optimised build: use `cargo xtask bench` (it re-executes with --release)");
     }

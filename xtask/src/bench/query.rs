@@ -9,15 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use audit_cache::CacheConfig;
 use audit_cache::TieredCache;
 use audit_client::AuditClient;
-use audit_core::config::{AuditConfig, CacheConfig};
 use audit_core::{
     AuditResult, CacheStats, CacheTier, ComponentHealth, DataClassification, EventFilter, NoCache, Page, QueryCache,
     QueryScope, ResiliencePolicy, Status, WriteMark,
 };
 use audit_partition::PartitionManager;
 use audit_resilience::{BreakerRegistry, Policy, names};
+use audit_server::config::AuditConfig;
 use audit_server::workload::{Workload, WorkloadShape, organization};
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 use rand::rngs::StdRng;
@@ -31,7 +32,7 @@ use super::{Ctx, env, progress};
 
 /// The seed's example queries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Organisation + time window (the README's first query): one organisation, the last 30 days.
     OrgWindow,
     /// "Find all PHI access in the last 30 days" at one hospital.
@@ -44,10 +45,10 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in report order.
-    pub const ALL: [Kind; 4] = [Kind::OrgWindow, Kind::Phi30d, Kind::FailedLogins1h, Kind::PrincipalAction];
+    pub(crate) const ALL: [Kind; 4] = [Kind::OrgWindow, Kind::Phi30d, Kind::FailedLogins1h, Kind::PrincipalAction];
 
     /// Short name used in measure names and details.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::OrgWindow => "org_window_30d",
             Kind::Phi30d => "phi_access_30d",
@@ -57,7 +58,7 @@ impl Kind {
     }
 
     /// How many distinct parameter sets the latency loops rotate through.
-    pub fn variants(self) -> usize {
+    pub(crate) fn variants(self) -> usize {
         match self {
             Kind::FailedLogins1h => 1,
             _ => 16,
@@ -66,7 +67,7 @@ impl Kind {
 
     /// The SQL the client's diesel query is equivalent to (same predicates, order and limit + 1), for EXPLAIN and
     /// for the raw prepared-statement baseline.
-    pub fn sql(self) -> String {
+    pub(crate) fn sql(self) -> String {
         let wher = match self {
             Kind::OrgWindow => "organization_id = $1 AND \"timestamp\" >= $2 AND \"timestamp\" <= $3",
             Kind::Phi30d => "organization_id = $1 AND data_classification = $2 AND \"timestamp\" >= $3",
@@ -94,7 +95,7 @@ fn principal_of(v: usize) -> String {
 }
 
 /// The filter of variant `v` of `kind`, relative to `now`.
-pub fn filter(kind: Kind, v: usize, now: DateTime<Utc>) -> EventFilter {
+pub(crate) fn filter(kind: Kind, v: usize, now: DateTime<Utc>) -> EventFilter {
     let mut f = EventFilter::default();
     match kind {
         Kind::OrgWindow => {
@@ -121,7 +122,7 @@ pub fn filter(kind: Kind, v: usize, now: DateTime<Utc>) -> EventFilter {
 }
 
 /// The parameters of [`Kind::sql`] for variant `v`.
-pub fn params(kind: Kind, v: usize, now: DateTime<Utc>) -> Vec<Box<dyn ToSql + Sync + Send>> {
+pub(crate) fn params(kind: Kind, v: usize, now: DateTime<Utc>) -> Vec<Box<dyn ToSql + Sync + Send>> {
     match kind {
         Kind::OrgWindow => {
             vec![Box::new(org_of(kind, v)), Box::new(now - TimeDelta::days(30)), Box::new(now)]
@@ -145,7 +146,7 @@ fn refs(p: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
 /// A `TieredCache` shared between the client and the benchmark, so the benchmark can empty L1 and read counters
 /// while the client uses the cache.
 #[derive(Debug, Clone)]
-pub struct SharedCache(pub Arc<TieredCache>);
+pub(crate) struct SharedCache(pub Arc<TieredCache>);
 
 impl QueryCache for SharedCache {
     async fn get_or_load<F, Fut>(&self, scope: &QueryScope, key: &str, load: F) -> AuditResult<(Arc<Page>, CacheTier)>
@@ -164,15 +165,25 @@ impl QueryCache for SharedCache {
         self.0.stats()
     }
 
+    async fn clear(&self) -> AuditResult<u64> {
+        self.0.clear().await
+    }
+
     fn health(&self) -> Vec<ComponentHealth> {
         self.0.health()
     }
 }
 
 /// The resilience policy the product puts around database calls.
-pub fn db_policy(cfg: &AuditConfig) -> Policy {
+pub(crate) fn db_policy(cfg: &AuditConfig) -> Policy {
     let registry = BreakerRegistry::from_config(&cfg.circuit_breaker);
-    Policy::for_database(&cfg.circuit_breaker, &cfg.database, &registry, names::PRIMARY)
+    Policy::for_database(
+        &cfg.circuit_breaker,
+        &registry,
+        names::PRIMARY,
+        Duration::from_millis(cfg.database.connection_timeout),
+        Duration::from_millis(cfg.database.query_timeout),
+    )
 }
 
 async fn client_with<C: QueryCache>(
@@ -180,8 +191,14 @@ async fn client_with<C: QueryCache>(
     url: &str,
     cache: C,
 ) -> anyhow::Result<AuditClient<PartitionManager, C, Policy>> {
-    let partitions = PartitionManager::connect(url, cfg.partition.clone()).await?;
-    Ok(AuditClient::connect(cfg.clone(), url, partitions, cache, db_policy(cfg)).await?)
+    let connector = audit_pg::Connector::new(url, cfg.database.connect_options("primary"))?;
+    let partitions = PartitionManager::connect(&connector, cfg.partition.clone()).await?;
+    let client_cfg = audit_client::ClientConfig {
+        database: cfg.database.clone(),
+        ingest: cfg.ingest.clone(),
+        slow_operation_ms: cfg.monitoring.slow_query_threshold,
+    };
+    Ok(AuditClient::connect(client_cfg, url, partitions, cache, db_policy(cfg)).await?)
 }
 
 fn us(d: Duration) -> f64 {
@@ -230,7 +247,7 @@ where
 }
 
 /// The query group.
-pub async fn run(ctx: &Ctx, ds: &Dataset) -> anyhow::Result<Vec<Measure>> {
+pub(crate) async fn run(ctx: &Ctx, ds: &Dataset) -> anyhow::Result<Vec<Measure>> {
     let url = ds.app.url.clone();
     let now = ctx.now;
     let iters = ctx.sizes.query_iters;
@@ -486,7 +503,7 @@ pub async fn run(ctx: &Ctx, ds: &Dataset) -> anyhow::Result<Vec<Measure>> {
 
 /// What EXPLAIN says about partitions and indexes.
 #[derive(Debug, Default, PartialEq)]
-pub struct ExplainSummary {
+pub(crate) struct ExplainSummary {
     /// Partitions in the executed plan.
     pub planned: BTreeSet<String>,
     /// Partitions whose scan actually ran (loops > 0).
@@ -506,7 +523,7 @@ pub struct ExplainSummary {
 }
 
 /// Walks the JSON of `EXPLAIN (ANALYZE, FORMAT JSON)`; `leaves` names the leaf partitions of audit_log.
-pub fn explain_summary(plan: &Value, leaves: &HashSet<String>) -> ExplainSummary {
+pub(crate) fn explain_summary(plan: &Value, leaves: &HashSet<String>) -> ExplainSummary {
     fn walk(node: &Value, leaves: &HashSet<String>, acc: &mut ExplainSummary) {
         if let Some(rel) = node.get("Relation Name").and_then(Value::as_str)
             && leaves.contains(rel)
@@ -541,13 +558,13 @@ pub fn explain_summary(plan: &Value, leaves: &HashSet<String>) -> ExplainSummary
 
 /// Zipf-distributed ranks over `0..n` (rank 0 most popular).
 #[derive(Debug)]
-pub struct Zipf {
+pub(crate) struct Zipf {
     cdf: Vec<f64>,
 }
 
 impl Zipf {
     /// Ranks `0..n` with weights `1 / (rank + 1)^s`.
-    pub fn new(n: usize, s: f64) -> Self {
+    pub(crate) fn new(n: usize, s: f64) -> Self {
         let w: Vec<f64> = (1..=n.max(1)).map(|r| 1.0 / (r as f64).powf(s)).collect();
         let total: f64 = w.iter().sum();
         let mut acc = 0.0;
@@ -563,7 +580,7 @@ impl Zipf {
     }
 
     /// One rank.
-    pub fn sample(&self, rng: &mut impl Rng) -> usize {
+    pub(crate) fn sample(&self, rng: &mut impl Rng) -> usize {
         let u: f64 = rng.gen_range(0.0..1.0);
         self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1)
     }

@@ -103,7 +103,7 @@ fn details_line(v: &Value) -> String {
 }
 
 /// The whole report.
-pub fn markdown(results: &Results, args: &BenchArgs) -> String {
+pub(crate) fn markdown(results: &Results, args: &BenchArgs) -> String {
     let mode = results.mode.as_str();
     let command = if args.quick { "cargo xtask bench --quick" } else { "cargo xtask bench" };
     let (targeted, info): (Vec<&Measure>, Vec<&Measure>) = results.measures.iter().partition(|m| m.target.is_some());

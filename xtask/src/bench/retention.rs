@@ -38,7 +38,7 @@ fn max_overlapping(samples: &[Sample], from: Duration, to: Duration) -> Option<D
 }
 
 /// The retention group.
-pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Measure>> {
+pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Measure>> {
     let month_from = Utc.with_ymd_and_hms(2018, 1, 1, 0, 0, 0).single().context("a valid date")?;
     let month_to = Utc.with_ymd_and_hms(2018, 2, 1, 0, 0, 0).single().context("a valid date")?;
     let mut covering = ctx.covering();
@@ -122,7 +122,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Measure>> {
     // --- the partition manager's drop, with a reader running the whole time ------------------------------------------
     let mut pcfg = ctx.config.partition.clone();
     pcfg.archive_dir = Some(ctx.env.scratch.join("archive"));
-    let manager = PartitionManager::connect(&url, pcfg).await?.with_actor("xtask-bench");
+    let connector = audit_pg::Connector::new(&url, audit_pg::DatabaseConfig::default().connect_options("primary"))?;
+    let manager = PartitionManager::connect(&connector, pcfg).await?.with_actor("xtask-bench");
     let stop = Arc::new(AtomicBool::new(false));
     let reader_started = Instant::now();
     let reader = tokio::spawn(reader_loop(url.clone(), ctx.now, stop.clone(), reader_started));
@@ -235,7 +236,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Measure>> {
 
 /// Rewrites an index definition of the month partition for `bench_plain_log` (new unique name, same columns and
 /// method; a partition's primary key index becomes a unique index).
-pub fn plain_index_sql(def: &str, partition: &str, i: usize) -> Option<String> {
+pub(crate) fn plain_index_sql(def: &str, partition: &str, i: usize) -> Option<String> {
     let on = def.find(" ON ")?;
     let head = &def[..on];
     let unique = head.contains("UNIQUE");

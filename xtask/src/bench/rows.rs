@@ -13,12 +13,12 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, ToSql};
 
-/// The column list and types of audit-client's COPY, so the baseline writes exactly the same columns.
-pub use audit_client::{COPY_TYPES as TYPES, EVENT_COLUMNS as COLUMNS};
+/// The column list and types of the write path's COPY, so the baseline writes exactly the same columns.
+pub(crate) use audit_pg::{COPY_TYPES as TYPES, EVENT_COLUMNS as COLUMNS};
 
 /// One row ready to write.
 #[derive(Debug, Clone)]
-pub struct Row {
+pub(crate) struct Row {
     /// The validated event.
     pub event: NewEvent,
     /// Ingestion time.
@@ -34,7 +34,7 @@ pub struct Row {
 
 impl Row {
     /// The row as the stored event the read path would return (for realistic cache pages).
-    pub fn stored(&self) -> StoredEvent {
+    pub(crate) fn stored(&self) -> StoredEvent {
         StoredEvent {
             id: self.id,
             ingested_at: self.ingested_at,
@@ -47,7 +47,7 @@ impl Row {
 
 /// Turns workload events into rows with ids and per-organisation sequence numbers, like the write path does.
 #[derive(Debug)]
-pub struct RowFactory {
+pub(crate) struct RowFactory {
     validator: Validator,
     now: DateTime<Utc>,
     next_id: i64,
@@ -56,13 +56,13 @@ pub struct RowFactory {
 
 impl RowFactory {
     /// Ids start at `first_id`; `now` is the validation clock and the ingestion time.
-    pub fn new(now: DateTime<Utc>, first_id: i64) -> Self {
+    pub(crate) fn new(now: DateTime<Utc>, first_id: i64) -> Self {
         let now = audit_core::event::truncate_to_micros(now);
         Self { validator: Validator::default(), now, next_id: first_id, seqs: HashMap::new() }
     }
 
     /// Validates `v` (a workload event, always valid) and numbers it.
-    pub fn make(&mut self, v: &Value) -> anyhow::Result<Row> {
+    pub(crate) fn make(&mut self, v: &Value) -> anyhow::Result<Row> {
         let event = self.validator.validate_value(v.clone(), self.now).context("a workload event failed validation")?;
         let id = self.next_id;
         self.next_id += 1;
@@ -77,47 +77,29 @@ impl RowFactory {
     }
 
     /// Makes rows of a whole slice.
-    pub fn make_all(&mut self, values: &[Value]) -> anyhow::Result<Vec<Row>> {
+    pub(crate) fn make_all(&mut self, values: &[Value]) -> anyhow::Result<Vec<Row>> {
         values.iter().map(|v| self.make(v)).collect()
     }
 }
 
 /// Binary COPY of `rows` into `table` in one transaction (`BEGIN; COPY …; COMMIT`).
-pub async fn copy_rows(client: &mut tokio_postgres::Client, table: &str, rows: &[Row]) -> anyhow::Result<u64> {
+pub(crate) async fn copy_rows(client: &mut tokio_postgres::Client, table: &str, rows: &[Row]) -> anyhow::Result<u64> {
     let tx = client.transaction().await.context("BEGIN")?;
     let sink =
         tx.copy_in(&format!("COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)")).await.context("starting COPY")?;
     let mut writer = pin!(BinaryCopyInWriter::new(sink, &TYPES));
     for r in rows {
-        let e = &r.event;
-        let details = Json(&e.details);
-        let leaf: &[u8] = &r.leaf;
-        writer
-            .as_mut()
-            .write(&[
-                &r.id,
-                &e.event_id,
-                &e.timestamp,
-                &r.ingested_at,
-                &e.action,
-                &e.status.as_str(),
-                &e.principal_id,
-                &e.organization_id,
-                &e.target_resource_type,
-                &e.target_resource_id,
-                &e.outcome_description,
-                &e.correlation_id,
-                &e.data_classification.as_str(),
-                &e.retention_policy,
-                &e.event_version,
-                &e.ttl,
-                &e.processing_latency,
-                &details,
-                &r.seq,
-                &leaf,
-            ])
-            .await
-            .context("writing COPY rows")?;
+        // Serialised here, inside the timed COPY, as a plain COPY client would.
+        let details_json = serde_json::to_vec(&r.event.details).context("serialising details")?;
+        let row = audit_pg::EventRow {
+            id: r.id,
+            event: &r.event,
+            ingested_at: r.ingested_at,
+            details_json: &details_json,
+            seq: r.seq,
+            leaf_hash: &r.leaf,
+        };
+        audit_pg::write_event_row(writer.as_mut(), &row).await.context("writing COPY rows")?;
     }
     let n = writer.as_mut().finish().await.context("finishing COPY")?;
     tx.commit().await.context("COMMIT")?;
@@ -126,13 +108,13 @@ pub async fn copy_rows(client: &mut tokio_postgres::Client, table: &str, rows: &
 
 /// The seed's way of storing one event: a plain `INSERT` of one row (the id from the column default), in its own
 /// transaction (autocommit).
-pub const INSERT_SQL: &str = "INSERT INTO audit_log (event_id, \"timestamp\", ingested_at, action, status, principal_id, \
+pub(crate) const INSERT_SQL: &str = "INSERT INTO audit_log (event_id, \"timestamp\", ingested_at, action, status, principal_id, \
      organization_id, target_resource_type, target_resource_id, outcome_description, correlation_id, \
      data_classification, retention_policy, event_version, ttl, processing_latency, details, seq, leaf_hash) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
 
 /// Runs [`INSERT_SQL`] for one row with a prepared statement.
-pub async fn insert_one(
+pub(crate) async fn insert_one(
     client: &tokio_postgres::Client,
     stmt: &tokio_postgres::Statement,
     r: &Row,

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::IntegrityError;
 use super::merkle::Hash;
-use crate::event::format_timestamp;
+use audit_core::event::format_timestamp;
 
 /// Algorithm byte of Ed25519 in the note key formats.
 const ALG_ED25519: u8 = 0x01;

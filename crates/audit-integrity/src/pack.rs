@@ -17,9 +17,9 @@ use uuid::Uuid;
 
 use super::IntegrityError;
 use super::canonical::leaf_hash;
-use super::checkpoint::{NoteSigner, NoteVerifier, origin_for};
+use super::checkpoint::{Checkpoint, NoteSigner, NoteVerifier, origin_for};
 use super::merkle::{Hash, MerkleTree, verify_inclusion};
-use crate::event::{DataClassification, NewEvent, Status, StoredEvent, format_timestamp};
+use audit_core::event::{StoredEvent, format_timestamp};
 
 /// The `format` value of a version-1 manifest.
 pub const PACK_FORMAT: &str = "audit-db-evidence-pack/v1";
@@ -199,20 +199,45 @@ pub fn verify_pack(
     files: &BTreeMap<String, Vec<u8>>,
     trusted_key: Option<&NoteVerifier>,
 ) -> Result<PackReport, Vec<String>> {
-    let mut problems: Vec<String> = Vec::new();
-    let text = |name: &str| -> Result<&str, String> {
-        let b = files.get(name).ok_or_else(|| format!("{name}: missing from the pack"))?;
-        std::str::from_utf8(b).map_err(|_| format!("{name}: not UTF-8"))
-    };
-    // 1. The manifest (parsed before its signature is checked, so that the cheap hash comparisons come first;
-    //    nothing is reported as verified unless the signature checks too).
+    // Stages run cheapest first; each returns the problems that stop the next one from meaning anything.
+    let (manifest, manifest_bytes) = read_manifest(files)?;
+    check_listing(files, &manifest)?;
+    let key = check_key(files, &manifest, manifest_bytes, trusted_key)?;
+    let checkpoint = read_checkpoint(files, &key, &manifest)?;
+    let events = check_events(files, &manifest, &checkpoint)?;
+    Ok(PackReport {
+        origin: checkpoint.origin,
+        organization_id: manifest.organization_id,
+        key_id: key.key_id(),
+        public_key: key.to_text(),
+        tree_size: checkpoint.tree_size,
+        root: hex::encode(checkpoint.root_hash),
+        checkpoint_time: checkpoint.time,
+        events,
+        files: files.len(),
+    })
+}
+
+/// A pack file as UTF-8 text, or the problem naming it.
+fn pack_text<'a>(files: &'a BTreeMap<String, Vec<u8>>, name: &str) -> Result<&'a str, String> {
+    let b = files.get(name).ok_or_else(|| format!("{name}: missing from the pack"))?;
+    std::str::from_utf8(b).map_err(|_| format!("{name}: not UTF-8"))
+}
+
+/// Stops when `problems` holds any.
+fn stop_if_any(problems: Vec<String>) -> Result<(), Vec<String>> {
+    if problems.is_empty() { Ok(()) } else { Err(problems) }
+}
+
+/// Stage 1: the manifest, parsed before its signature is checked (so the cheap hash comparisons come first; nothing
+/// is reported as verified unless the signature checks too).
+fn read_manifest(files: &BTreeMap<String, Vec<u8>>) -> Result<(PackManifest, &[u8]), Vec<String>> {
     let Some(manifest_bytes) = files.get(MANIFEST) else {
         return Err(vec![format!("{MANIFEST}: missing from the pack")]);
     };
-    let manifest: PackManifest = match serde_json::from_slice(manifest_bytes) {
-        Ok(m) => m,
-        Err(e) => return Err(vec![format!("{MANIFEST}: {e}")]),
-    };
+    let manifest: PackManifest =
+        serde_json::from_slice(manifest_bytes).map_err(|e| vec![format!("{MANIFEST}: {e}")])?;
+    let mut problems = Vec::new();
     if manifest.format != PACK_FORMAT {
         problems.push(format!("{MANIFEST}: format `{}` is not `{PACK_FORMAT}`", manifest.format));
     }
@@ -220,7 +245,13 @@ pub fn verify_pack(
     if manifest.origin != expected_origin {
         problems.push(format!("{MANIFEST}: origin `{}` is not `{expected_origin}`", manifest.origin));
     }
-    // 2. Every file's hash, and no unlisted file.
+    stop_if_any(problems)?;
+    Ok((manifest, manifest_bytes))
+}
+
+/// Stage 2: every listed file's hash and size, no unlisted file, every required file listed.
+fn check_listing(files: &BTreeMap<String, Vec<u8>>, manifest: &PackManifest) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
     let mut listed = BTreeSet::new();
     for f in &manifest.files {
         if !listed.insert(f.path.as_str()) {
@@ -228,11 +259,10 @@ pub fn verify_pack(
         }
         match files.get(&f.path) {
             None => problems.push(format!("{}: listed in the manifest but missing", f.path)),
-            Some(b) => {
-                if b.len() as u64 != f.size || sha256_hex(b) != f.sha256 {
-                    problems.push(format!("{}: SHA-256 or size differs from the manifest", f.path));
-                }
+            Some(b) if b.len() as u64 != f.size || sha256_hex(b) != f.sha256 => {
+                problems.push(format!("{}: SHA-256 or size differs from the manifest", f.path))
             }
+            Some(_) => {}
         }
     }
     for name in files.keys() {
@@ -245,30 +275,37 @@ pub fn verify_pack(
             problems.push(format!("{required}: not listed in the manifest"));
         }
     }
-    // 3. The key (after the cheap checks: parsing a public key is a curve operation).
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    let key = match text(SIGNING_PUB).and_then(|t| {
-        let line = t.strip_suffix('\n').filter(|l| !l.contains(['\n', '\r'])).ok_or("signing.pub: must be one line")?;
-        if line.trim() != line {
-            return Err("signing.pub: surrounding whitespace".to_string());
-        }
-        NoteVerifier::parse(line).map_err(|e| format!("signing.pub: {e}"))
-    }) {
-        Ok(k) => k,
-        Err(e) => return Err(vec![e]),
-    };
+    stop_if_any(problems)
+}
+
+/// Stage 3: the pack's key (parsing it is a curve operation, so after the cheap checks), against the trusted key
+/// when one is given, and the manifest's signature by it.
+fn check_key(
+    files: &BTreeMap<String, Vec<u8>>,
+    manifest: &PackManifest,
+    manifest_bytes: &[u8],
+    trusted_key: Option<&NoteVerifier>,
+) -> Result<NoteVerifier, Vec<String>> {
+    let key = pack_text(files, SIGNING_PUB)
+        .and_then(|t| {
+            let line =
+                t.strip_suffix('\n').filter(|l| !l.contains(['\n', '\r'])).ok_or("signing.pub: must be one line")?;
+            if line.trim() != line {
+                return Err("signing.pub: surrounding whitespace".to_string());
+            }
+            NoteVerifier::parse(line).map_err(|e| format!("signing.pub: {e}"))
+        })
+        .map_err(|e| vec![e])?;
     if let Some(t) = trusted_key
         && *t != key
     {
         return Err(vec![format!("signing.pub is key {}, not the trusted key {}", key.to_text(), t.to_text())]);
     }
+    let mut problems = Vec::new();
     if manifest.key_id != key.key_id() {
         problems.push(format!("{MANIFEST}: key id {} is not that of signing.pub ({})", manifest.key_id, key.key_id()));
     }
-    // The manifest signature by the pack's key.
-    match text(MANIFEST_SIG) {
+    match pack_text(files, MANIFEST_SIG) {
         Ok(sig) => {
             if let Err(e) = key.verify_detached(manifest_bytes, sig) {
                 problems.push(format!("{MANIFEST_SIG}: {e}"));
@@ -276,40 +313,42 @@ pub fn verify_pack(
         }
         Err(e) => problems.push(e),
     }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    // 4. The checkpoint.
-    let checkpoint =
-        match text(CHECKPOINT_NOTE).and_then(|t| key.verify(t).map_err(|e| format!("{CHECKPOINT_NOTE}: {e}"))) {
-            Ok(c) => c,
-            Err(e) => {
-                problems.push(e);
-                return Err(problems);
-            }
-        };
+    stop_if_any(problems)?;
+    Ok(key)
+}
+
+/// Stage 4: the signed checkpoint, for the manifest's origin.
+fn read_checkpoint(
+    files: &BTreeMap<String, Vec<u8>>,
+    key: &NoteVerifier,
+    manifest: &PackManifest,
+) -> Result<Checkpoint, Vec<String>> {
+    let checkpoint = pack_text(files, CHECKPOINT_NOTE)
+        .and_then(|t| key.verify(t).map_err(|e| format!("{CHECKPOINT_NOTE}: {e}")))
+        .map_err(|e| vec![e])?;
     if checkpoint.origin != manifest.origin {
-        problems.push(format!("{CHECKPOINT_NOTE}: origin `{}` is not the manifest's", checkpoint.origin));
+        return Err(vec![format!("{CHECKPOINT_NOTE}: origin `{}` is not the manifest's", checkpoint.origin)]);
     }
-    // 5. Proofs and events.
-    let proofs: ProofsFile =
-        match text(PROOFS).and_then(|t| serde_json::from_str(t).map_err(|e| format!("{PROOFS}: {e}"))) {
-            Ok(p) => p,
-            Err(e) => {
-                problems.push(e);
-                return Err(problems);
-            }
-        };
+    Ok(checkpoint)
+}
+
+/// Stage 5: every event line against its proof and the signed root; returns how many events the pack holds.
+fn check_events(
+    files: &BTreeMap<String, Vec<u8>>,
+    manifest: &PackManifest,
+    checkpoint: &Checkpoint,
+) -> Result<usize, Vec<String>> {
+    let mut problems = Vec::new();
+    let proofs: ProofsFile = pack_text(files, PROOFS)
+        .and_then(|t| serde_json::from_str(t).map_err(|e| format!("{PROOFS}: {e}")))
+        .map_err(|e| vec![e])?;
     if proofs.tree_size != checkpoint.tree_size || proofs.root != hex::encode(checkpoint.root_hash) {
         problems.push(format!("{PROOFS}: tree size or root differs from the signed checkpoint"));
     }
-    let events_text = match text(EVENTS) {
-        Ok(t) => t,
-        Err(e) => {
-            problems.push(e);
-            return Err(problems);
-        }
-    };
+    let events_text = pack_text(files, EVENTS).map_err(|e| {
+        problems.push(e);
+        std::mem::take(&mut problems)
+    })?;
     let lines: Vec<&str> = if events_text.is_empty() {
         Vec::new()
     } else {
@@ -326,50 +365,47 @@ pub fn verify_pack(
     }
     for (n, (line, proof)) in lines.iter().zip(&proofs.proofs).enumerate() {
         let at = format!("{EVENTS} line {}", n + 1);
-        let event = match serde_json::from_str::<Value>(line)
-            .map_err(|e| IntegrityError::MalformedEvent(e.to_string()))
-            .and_then(|v| event_from_json(&v))
-        {
-            Ok(e) => e,
-            Err(e) => {
-                problems.push(format!("{at}: {e}"));
-                continue;
-            }
-        };
-        if event.event.organization_id != manifest.organization_id {
-            problems.push(format!("{at}: event {} belongs to another organisation", event.event.event_id));
-        }
-        let leaf = leaf_hash(&event);
-        if leaf != event.leaf_hash {
-            problems.push(format!("{at}: recomputed leaf hash differs from the event's leaf_hash"));
-        }
-        if proof.event_id != event.event.event_id || i64::try_from(proof.seq).ok() != Some(event.seq) {
-            problems.push(format!("{at}: proof {} is for another event or seq", n + 1));
-        }
-        if proof.leaf != hex::encode(leaf) {
-            problems.push(format!("{at}: proof leaf differs from the recomputed leaf hash"));
-        }
-        let hashes: Result<Vec<Hash>, _> = proof.hashes.iter().map(|h| parse_hash(h)).collect();
-        match hashes {
-            Ok(path) if verify_inclusion(&leaf, proof.seq, checkpoint.tree_size, &path, &checkpoint.root_hash) => {}
-            Ok(_) => problems.push(format!("{at}: inclusion proof does not lead to the signed root")),
-            Err(e) => problems.push(format!("{at}: {e}")),
+        if let Err(p) = check_event_line(line, proof, n, manifest, checkpoint) {
+            problems.extend(p.into_iter().map(|p| format!("{at}: {p}")));
         }
     }
-    if !problems.is_empty() {
-        return Err(problems);
+    stop_if_any(problems)?;
+    Ok(lines.len())
+}
+
+/// One event line: its organisation, its leaf hash, and its proof to the signed root.
+fn check_event_line(
+    line: &str,
+    proof: &ProofEntry,
+    n: usize,
+    manifest: &PackManifest,
+    checkpoint: &Checkpoint,
+) -> Result<(), Vec<String>> {
+    let event = serde_json::from_str::<Value>(line)
+        .map_err(|e| IntegrityError::MalformedEvent(e.to_string()))
+        .and_then(|v| event_from_json(&v))
+        .map_err(|e| vec![e.to_string()])?;
+    let mut problems = Vec::new();
+    if event.event.organization_id != manifest.organization_id {
+        problems.push(format!("event {} belongs to another organisation", event.event.event_id));
     }
-    Ok(PackReport {
-        origin: checkpoint.origin,
-        organization_id: manifest.organization_id,
-        key_id: key.key_id(),
-        public_key: key.to_text(),
-        tree_size: checkpoint.tree_size,
-        root: hex::encode(checkpoint.root_hash),
-        checkpoint_time: checkpoint.time,
-        events: lines.len(),
-        files: files.len(),
-    })
+    let leaf = leaf_hash(&event);
+    if leaf != event.leaf_hash {
+        problems.push("recomputed leaf hash differs from the event's leaf_hash".to_string());
+    }
+    if proof.event_id != event.event.event_id || i64::try_from(proof.seq).ok() != Some(event.seq) {
+        problems.push(format!("proof {} is for another event or seq", n + 1));
+    }
+    if proof.leaf != hex::encode(leaf) {
+        problems.push("proof leaf differs from the recomputed leaf hash".to_string());
+    }
+    let hashes: Result<Vec<Hash>, _> = proof.hashes.iter().map(|h| parse_hash(h)).collect();
+    match hashes {
+        Ok(path) if verify_inclusion(&leaf, proof.seq, checkpoint.tree_size, &path, &checkpoint.root_hash) => {}
+        Ok(_) => problems.push("inclusion proof does not lead to the signed root".to_string()),
+        Err(e) => problems.push(e.to_string()),
+    }
+    stop_if_any(problems)
 }
 
 fn parse_hash(h: &str) -> Result<Hash, IntegrityError> {
@@ -380,89 +416,20 @@ fn parse_hash(h: &str) -> Result<Hash, IntegrityError> {
     bytes.try_into().map_err(|_| IntegrityError::MalformedEvent(format!("`{h}` is not 32 bytes")))
 }
 
-/// Rebuilds a stored event from its `StoredEvent::to_json()` form (the NDJSON of packs and `audit-db query`), so
-/// that its leaf hash can be recomputed without a database. Strict: every field must be present with its type;
-/// `event_id_supplied` is not part of the JSON and comes back as `true`.
+/// Rebuilds a stored event from its JSON form (the NDJSON of packs and `audit-db query`), so that its leaf hash
+/// can be recomputed without a database. Strict (see `StoredEvent`'s `Deserialize`): every field present with its
+/// type, nothing unknown; `event_id_supplied` is not part of the JSON and comes back as `true`.
 pub fn event_from_json(v: &Value) -> Result<StoredEvent, IntegrityError> {
-    let bad = |field: &str, why: &str| IntegrityError::MalformedEvent(format!("{field}: {why}"));
-    let obj = v.as_object().ok_or_else(|| bad("event", "not a JSON object"))?;
-    if let Some(k) = obj.keys().find(|k| !crate::event::STORED_FIELDS.contains(&k.as_str())) {
-        return Err(bad(k, "unknown field"));
-    }
-    let get = |f: &str| obj.get(f).ok_or_else(|| bad(f, "missing"));
-    let string = |f: &str| -> Result<String, IntegrityError> {
-        get(f)?.as_str().map(str::to_string).ok_or_else(|| bad(f, "not a string"))
-    };
-    let opt_string = |f: &str| -> Result<Option<String>, IntegrityError> {
-        match get(f)? {
-            Value::Null => Ok(None),
-            Value::String(s) => Ok(Some(s.clone())),
-            _ => Err(bad(f, "not a string or null")),
-        }
-    };
-    let int = |f: &str| -> Result<i64, IntegrityError> { get(f)?.as_i64().ok_or_else(|| bad(f, "not an integer")) };
-    let time = |f: &str| -> Result<DateTime<Utc>, IntegrityError> {
-        let s = string(f)?;
-        let t = DateTime::parse_from_rfc3339(&s).map_err(|_| bad(f, "not an RFC 3339 time"))?.with_timezone(&Utc);
-        if format_timestamp(t) != s {
-            return Err(bad(f, "not in the YYYY-MM-DDTHH:MM:SS.ffffffZ form"));
-        }
-        Ok(t)
-    };
-    let event_id_text = string("event_id")?;
-    let event_id = Uuid::parse_str(&event_id_text).map_err(|_| bad("event_id", "not a UUID"))?;
-    if event_id.hyphenated().to_string() != event_id_text {
-        return Err(bad("event_id", "not a lowercase hyphenated UUID"));
-    }
-    let status_text = string("status")?;
-    let status = Status::parse(&status_text).ok_or_else(|| bad("status", "unknown value"))?;
-    let class_text = string("data_classification")?;
-    let data_classification =
-        DataClassification::parse(&class_text).ok_or_else(|| bad("data_classification", "unknown value"))?;
-    let processing_latency = match get("processing_latency")? {
-        Value::Null => None,
-        v => Some(
-            v.as_i64()
-                .and_then(|x| i32::try_from(x).ok())
-                .ok_or_else(|| bad("processing_latency", "not a 32-bit integer"))?,
-        ),
-    };
-    let details = get("details")?.as_object().cloned().ok_or_else(|| bad("details", "not an object"))?;
-    let leaf = parse_hash(&string("leaf_hash")?).map_err(|e| bad("leaf_hash", &e.to_string()))?;
-    Ok(StoredEvent {
-        id: int("id")?,
-        ingested_at: time("ingested_at")?,
-        seq: int("seq")?,
-        leaf_hash: leaf,
-        event: NewEvent {
-            event_id,
-            event_id_supplied: true,
-            timestamp: time("timestamp")?,
-            action: string("action")?,
-            status,
-            principal_id: opt_string("principal_id")?,
-            organization_id: opt_string("organization_id")?,
-            target_resource_type: opt_string("target_resource_type")?,
-            target_resource_id: opt_string("target_resource_id")?,
-            outcome_description: opt_string("outcome_description")?,
-            correlation_id: opt_string("correlation_id")?,
-            data_classification,
-            retention_policy: string("retention_policy")?,
-            event_version: string("event_version")?,
-            ttl: opt_string("ttl")?,
-            processing_latency,
-            details,
-        },
-    })
+    StoredEvent::deserialize(v).map_err(|e| IntegrityError::MalformedEvent(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::integrity::canonical::tests::full_example;
-    use crate::integrity::checkpoint::Checkpoint;
-    use crate::integrity::checkpoint::tests::test_signer;
-    use crate::integrity::merkle::{hash_leaf, root};
+    use crate::canonical::tests::full_example;
+    use crate::checkpoint::Checkpoint;
+    use crate::checkpoint::tests::test_signer;
+    use crate::merkle::{hash_leaf, root};
 
     /// A log of 40 leaves where seqs 3, 17 and 38 are events of `hospital-1`; the pack proves those three.
     fn fixture() -> (BTreeMap<String, Vec<u8>>, Vec<StoredEvent>) {

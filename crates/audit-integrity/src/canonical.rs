@@ -9,8 +9,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::merkle::Hash;
-use crate::event::{NewEvent, StoredEvent, format_timestamp};
-use crate::validate::pg_numeric_text;
+use audit_core::event::{NewEvent, StoredEvent, format_timestamp};
+use audit_core::validate::pg_numeric_text;
 
 /// Domain separation prefix that opens every canonical form; bumping `v1` changes every leaf.
 pub const DOMAIN: &[u8] = b"audit-db:event:v1\n";
@@ -189,7 +189,7 @@ fn write_string(out: &mut String, s: &str) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::event::{DataClassification, Status};
+    use audit_core::event::{DataClassification, Status};
     use serde_json::json;
     use uuid::Uuid;
 

@@ -1,32 +1,37 @@
 //! The database side of tamper evidence: sealing each organisation's log in a signed checkpoint, verifying stored
 //! rows against the signed roots, inclusion and consistency proofs, and evidence packs. The hashing, proof and
-//! verification logic itself is pure and lives in `audit_core::integrity` (specified in `docs/integrity.md`).
+//! verification logic itself is pure (the rest of this crate, specified in `docs/integrity.md`).
+//!
+//! Every statement runs on a pooled connection (connect timeout, server-side statement timeout) under the
+//! resilience policy the store was given; logs are read in bounded chunks so that each statement has a deadline
+//! and a failed chunk can be read again.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use audit_core::event::{DataClassification, NewEvent, Status, StoredEvent};
-use audit_core::integrity::{
-    Checkpoint, CompactRange, Finding, Hash, MerkleTree, NoteSigner, NoteVerifier, ProofsFile, RowView,
-    TrustedCheckpoint, build_pack, leaf_hash, origin_for, verify_incremental,
-};
-use audit_core::{AuditError, AuditResult};
+use audit_core::event::StoredEvent;
+use audit_core::{AuditError, AuditResult, Direct, ErrorKind, ResiliencePolicy};
+use audit_pg::{EVENT_COLUMNS, PgPool, PooledConn, pg_error, stored_event_from_row};
 use chrono::{DateTime, Utc};
-use futures::{TryStreamExt, pin_mut};
+use postgres_types::ToSql;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::pg::{connect, pg_error};
+use crate::{
+    Checkpoint, CompactRange, Finding, Hash, MerkleTree, NoteSigner, NoteVerifier, ProofsFile, RowView,
+    TrustedCheckpoint, build_pack, leaf_hash, origin_for, verify_incremental,
+};
 
-/// Columns read for a full event, in the order [`row_to_event`] expects (the write path's column list).
-use crate::writer::EVENT_COLUMNS;
+/// Rows read per statement when walking a log: bounded memory, and a statement that finishes well within the
+/// query timeout.
+const CHUNK_ROWS: i64 = 20_000;
 
 /// `organization_id = $1`, or `IS NULL` for the shared log (`IS NOT DISTINCT FROM` cannot use an index).
 fn log_predicate(log_id: &str) -> &'static str {
     if log_id.is_empty() { "organization_id IS NULL" } else { "organization_id = $1" }
 }
 
-type Param<'a> = &'a (dyn postgres_types::ToSql + Sync);
+type Param<'a> = &'a (dyn ToSql + Sync);
 
 /// Parameters for a `log_predicate` query followed by a `[from, to)` seq range.
 fn log_range_params<'a>(log_id: &'a String, from: &'a i64, to: &'a i64) -> Vec<Param<'a>> {
@@ -37,42 +42,6 @@ fn log_range_params<'a>(log_id: &'a String, from: &'a i64, to: &'a i64) -> Vec<P
     p.push(from);
     p.push(to);
     p
-}
-
-fn row_to_event(r: &tokio_postgres::Row) -> AuditResult<StoredEvent> {
-    let event_id: Uuid = r.get(1);
-    let bad = |what: &str| AuditError::integrity(format!("stored event {event_id} has {what}"));
-    let details = match r.get::<_, postgres_types::Json<serde_json::Value>>(17).0 {
-        serde_json::Value::Object(m) => m,
-        _ => return Err(bad("details that are not an object")),
-    };
-    let leaf: Vec<u8> = r.get(19);
-    Ok(StoredEvent {
-        id: r.get(0),
-        ingested_at: r.get(3),
-        seq: r.get(18),
-        leaf_hash: leaf.as_slice().try_into().map_err(|_| bad("a leaf hash of wrong length"))?,
-        event: NewEvent {
-            event_id,
-            event_id_supplied: true,
-            timestamp: r.get(2),
-            action: r.get(4),
-            status: Status::parse(r.get(5)).ok_or_else(|| bad("an unknown status"))?,
-            principal_id: r.get(6),
-            organization_id: r.get(7),
-            target_resource_type: r.get(8),
-            target_resource_id: r.get(9),
-            outcome_description: r.get(10),
-            correlation_id: r.get(11),
-            data_classification: DataClassification::parse(r.get(12))
-                .ok_or_else(|| bad("an unknown classification"))?,
-            retention_policy: r.get(13),
-            event_version: r.get(14),
-            ttl: r.get(15),
-            processing_latency: r.get(16),
-            details,
-        },
-    })
 }
 
 /// One stored checkpoint row.
@@ -166,21 +135,47 @@ pub struct ConsistencyProofJson {
     pub proof: Vec<String>,
 }
 
-/// Database access for tamper evidence over one connection.
-pub struct IntegrityStore {
-    client: tokio_postgres::Client,
+/// Database access for tamper evidence, generic over the resilience policy that wraps each statement.
+pub struct IntegrityStore<R = Direct> {
+    pool: PgPool,
+    policy: R,
+    acquire_timeout: Duration,
 }
 
-impl std::fmt::Debug for IntegrityStore {
+impl<R> std::fmt::Debug for IntegrityStore<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IntegrityStore").finish_non_exhaustive()
     }
 }
 
-impl IntegrityStore {
-    /// Connects to the primary.
-    pub async fn connect(url: &str) -> AuditResult<Self> {
-        Ok(Self { client: connect(url, Duration::from_secs(10), None).await? })
+impl<R: ResiliencePolicy> IntegrityStore<R> {
+    /// A store over `pool` whose statements run under `policy`; a checkout waits at most `acquire_timeout`.
+    pub fn new(pool: PgPool, policy: R, acquire_timeout: Duration) -> Self {
+        Self { pool, policy, acquire_timeout }
+    }
+
+    async fn conn(&self) -> AuditResult<PooledConn> {
+        audit_pg::checkout(&self.pool, self.acquire_timeout).await
+    }
+
+    /// Runs one statement (under the policy; repeated on a transient failure) and returns its rows.
+    async fn rows(&self, what: &str, sql: &str, params: &[Param<'_>]) -> AuditResult<Vec<tokio_postgres::Row>> {
+        self.policy
+            .execute(|| async {
+                let conn = self.conn().await?;
+                conn.query(sql, params).await.map_err(|e| pg_error(e, what))
+            })
+            .await
+    }
+
+    /// Runs one statement that returns no rows.
+    async fn execute(&self, what: &str, sql: &str, params: &[Param<'_>]) -> AuditResult<u64> {
+        self.policy
+            .execute(|| async {
+                let conn = self.conn().await?;
+                conn.execute(sql, params).await.map_err(|e| pg_error(e, what))
+            })
+            .await
     }
 
     /// Every log with its head size (`org`: only that organisation's; `Some("")`: the shared log). A log is known by
@@ -201,11 +196,12 @@ impl IntegrityStore {
                        UNION SELECT '' WHERE EXISTS (SELECT 1 FROM audit_log WHERE organization_id IS NULL)) \
                    SELECT ids.log_id, coalesce(h.size, 0) FROM ids LEFT JOIN audit_log_heads h USING (log_id) \
                    WHERE $1::text IS NULL OR ids.log_id = $1 ORDER BY ids.log_id";
-        let rows = self.client.query(sql, &[&org]).await.map_err(|e| pg_error(e, "listing logs"))?;
+        let rows = self.rows("listing logs", sql, &[&org]).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Calls `each` for every stored event of a log with `from <= seq < to`, in seq order, streaming.
+    /// Calls `each` for every stored event of a log with `from <= seq < to`, in seq order, reading
+    /// [`CHUNK_ROWS`] rows per statement.
     async fn for_each_event(
         &self,
         log_id: &str,
@@ -214,47 +210,38 @@ impl IntegrityStore {
         mut each: impl FnMut(StoredEvent) -> AuditResult<()>,
     ) -> AuditResult<()> {
         let owned = log_id.to_string();
-        let params = log_range_params(&owned, &from, &to);
-        let n = params.len();
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM audit_log WHERE {} AND seq >= ${} AND seq < ${} ORDER BY seq",
+            "SELECT {EVENT_COLUMNS} FROM audit_log WHERE {} AND seq >= ${} AND seq < ${} ORDER BY seq LIMIT {CHUNK_ROWS}",
             log_predicate(log_id),
-            n - 1,
-            n
+            if log_id.is_empty() { 1 } else { 2 },
+            if log_id.is_empty() { 2 } else { 3 },
         );
-        let rows = self.client.query_raw(&sql, params).await.map_err(|e| pg_error(e, "reading a log"))?;
-        pin_mut!(rows);
-        while let Some(r) = rows.try_next().await.map_err(|e| pg_error(e, "reading a log"))? {
-            each(row_to_event(&r)?)?;
+        let mut next = from;
+        while next < to {
+            let params = log_range_params(&owned, &next, &to);
+            let rows = self.rows("reading a log", &sql, &params).await?;
+            let Some(last) = rows.last() else { break };
+            let last_seq: i64 = last.try_get(18).map_err(|e| pg_error(e, "reading a log"))?;
+            let full = rows.len() as i64 == CHUNK_ROWS;
+            for r in &rows {
+                each(stored_event_from_row(r)?)?;
+            }
+            if !full {
+                break;
+            }
+            next = last_seq + 1;
         }
         Ok(())
     }
 
     /// Leaf hashes kept for rows that retention dropped (`seq → leaf`).
     async fn pruned_leaves(&self, log_id: &str, from: i64, to: i64) -> AuditResult<BTreeMap<i64, Hash>> {
-        let owned = log_id.to_string();
-        let params = log_range_params(&owned, &from, &to);
-        let n = params.len();
-        let sql = format!(
-            "SELECT seq, leaf_hash FROM audit_log_pruned_leaves WHERE {} AND seq >= ${} AND seq < ${} ORDER BY seq",
-            log_predicate(log_id),
-            n - 1,
-            n
-        );
-        let rows = match self.client.query(&sql, &params).await {
-            Ok(r) => r,
-            // Without the partition manager's migration there is nothing pruned.
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => return Ok(BTreeMap::new()),
-            Err(e) => return Err(pg_error(e, "reading pruned leaves")),
-        };
-        let mut out = BTreeMap::new();
-        for r in rows {
-            let leaf: Vec<u8> = r.get(1);
-            if let Ok(h) = leaf.as_slice().try_into() {
-                out.insert(r.get::<_, i64>(0), h);
-            }
-        }
-        Ok(out)
+        self.policy
+            .execute(|| async {
+                let conn = self.conn().await?;
+                audit_pg::pruned_leaves::read(&**conn, log_id, from, to).await
+            })
+            .await
     }
 
     /// Row views of `[from, to)`: stored rows with recomputed leaves, plus pruned positions (content archived, so
@@ -311,14 +298,13 @@ impl IntegrityStore {
     /// Every checkpoint of a log, oldest first.
     pub async fn checkpoints(&self, log_id: &str) -> AuditResult<Vec<CheckpointRecord>> {
         let rows = self
-            .client
-            .query(
+            .rows(
+                "reading checkpoints",
                 "SELECT id, log_id, tree_size, root_hash, created_at, key_id, note, frontier FROM audit_checkpoints \
                  WHERE log_id = $1 ORDER BY tree_size, id",
                 &[&log_id],
             )
-            .await
-            .map_err(|e| pg_error(e, "reading checkpoints"))?;
+            .await?;
         rows.iter()
             .map(|r| {
                 let root: Vec<u8> = r.get(3);
@@ -406,23 +392,22 @@ impl IntegrityStore {
             let root = range.root();
             let cp = Checkpoint { origin: origin_for(&log_id), tree_size: size as u64, root_hash: root, time: now };
             let note = signer.sign(&cp);
-            self.client
-                .execute(
-                    "INSERT INTO audit_checkpoints (log_id, tree_size, root_hash, created_at, key_id, signature, note, \
-                     frontier) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    &[
-                        &log_id,
-                        &size,
-                        &root.as_slice(),
-                        &now,
-                        &signer.key_id(),
-                        &note_signature(&note),
-                        &note,
-                        &range.to_bytes(),
-                    ],
-                )
-                .await
-                .map_err(|e| pg_error(e, "storing a checkpoint"))?;
+            self.execute(
+                "storing a checkpoint",
+                "INSERT INTO audit_checkpoints (log_id, tree_size, root_hash, created_at, key_id, signature, note, \
+                 frontier) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &log_id,
+                    &size,
+                    &root.as_slice(),
+                    &now,
+                    &signer.key_id(),
+                    &note_signature(&note),
+                    &note,
+                    &range.to_bytes(),
+                ],
+            )
+            .await?;
             metrics::counter!("audit_db_checkpoints_total").increment(1);
             out.push(SealOutcome { log_id, tree_size: size, root_hash: hex::encode(root), new_checkpoint: true });
         }
@@ -498,13 +483,12 @@ impl IntegrityStore {
             if findings.is_empty()
                 && let Some((c, _)) = trusted.last()
             {
-                self.client
-                    .execute(
-                        "INSERT INTO audit_verifications (log_id, tree_size, root_hash) VALUES ($1, $2, $3)",
-                        &[&log_id, &c.tree_size, &c.root_hash.as_slice()],
-                    )
-                    .await
-                    .map_err(|e| pg_error(e, "recording a verification"))?;
+                self.execute(
+                    "recording a verification",
+                    "INSERT INTO audit_verifications (log_id, tree_size, root_hash) VALUES ($1, $2, $3)",
+                    &[&log_id, &c.tree_size, &c.root_hash.as_slice()],
+                )
+                .await?;
             }
             report.findings.extend(findings);
         }
@@ -513,15 +497,14 @@ impl IntegrityStore {
     }
 
     async fn last_verified(&self, log_id: &str) -> AuditResult<Option<(i64, Hash)>> {
-        let row = self
-            .client
-            .query_opt(
+        let rows = self
+            .rows(
+                "reading the last verification",
                 "SELECT tree_size, root_hash FROM audit_verifications WHERE log_id = $1 ORDER BY tree_size DESC, id DESC LIMIT 1",
                 &[&log_id],
             )
-            .await
-            .map_err(|e| pg_error(e, "reading the last verification"))?;
-        Ok(row.and_then(|r| {
+            .await?;
+        Ok(rows.first().and_then(|r| {
             let root: Vec<u8> = r.get(1);
             root.as_slice().try_into().ok().map(|h| (r.get(0), h))
         }))
@@ -541,15 +524,16 @@ impl IntegrityStore {
 
     /// An event's inclusion proof against the latest checkpoint of its log.
     pub async fn inclusion_proof(&self, verifier: &NoteVerifier, event_id: Uuid) -> AuditResult<InclusionProofJson> {
-        let row = self
-            .client
-            .query_opt(
+        let rows = self
+            .rows(
+                "finding the event",
                 "SELECT organization_id, seq, leaf_hash FROM audit_log WHERE event_id = $1 LIMIT 1",
                 &[&event_id],
             )
-            .await
-            .map_err(|e| pg_error(e, "finding the event"))?
-            .ok_or_else(|| AuditError::invalid(format!("event_id: no stored event has id {event_id}")))?;
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| AuditError::not_found(format!("event_id: no stored event has id {event_id}")))?;
         let org: Option<String> = row.get(0);
         let seq: i64 = row.get(1);
         let log_id = org.clone().unwrap_or_default();
@@ -667,28 +651,25 @@ fn note_signature(note: &str) -> Vec<u8> {
 
 /// Seals every log on a fixed period (`integrity.checkpointIntervalSecs`) for as long as the returned task runs.
 /// A failed round is logged and tried again on the next tick; a log that does not check out is never signed.
-pub fn spawn_checkpointer(url: String, signer: NoteSigner, interval: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn_checkpointer<R: ResiliencePolicy>(
+    store: std::sync::Arc<IntegrityStore<R>>,
+    signer: NoteSigner,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut store: Option<IntegrityStore> = None;
         loop {
             tick.tick().await;
-            if store.is_none() {
-                store = IntegrityStore::connect(&url).await.map_err(|e| tracing::warn!("checkpointer: {e}")).ok();
-            }
-            let Some(s) = &store else { continue };
-            match s.checkpoint(&signer, None, Utc::now()).await {
+            match store.checkpoint(&signer, None, Utc::now()).await {
                 Ok(sealed) => {
                     let new = sealed.iter().filter(|o| o.new_checkpoint).count();
                     tracing::info!(new, logs = sealed.len(), "checkpointer sealed the logs");
                 }
-                Err(e) => {
-                    tracing::warn!("checkpointer: {}", e.message);
-                    if e.class == audit_core::ErrorClass::Unavailable {
-                        store = None;
-                    }
+                Err(e) if e.kind() == ErrorKind::Integrity => {
+                    tracing::error!(error = %e, "checkpointer refused to sign: run `audit-db verify`")
                 }
+                Err(e) => tracing::warn!(error = %e, "checkpointer: round failed; trying again next tick"),
             }
         }
     })

@@ -1,15 +1,21 @@
-//! Integrity primitives: the canonical form of a stored event, RFC 6962 Merkle trees, signed checkpoints, the pure
-//! core of `audit-db verify`, and evidence packs. Everything here is deterministic and does no I/O; the byte-level
-//! specification is `docs/integrity.md`.
+//! audit-integrity: tamper evidence. The canonical form of a stored event, RFC 6962 Merkle trees, signed
+//! checkpoints, the pure core of `audit-db verify`, and evidence packs (all deterministic, no I/O; specified byte by
+//! byte in `docs/integrity.md`), plus [`store`], their PostgreSQL side: sealing logs, verifying stored rows,
+//! proofs and pack export.
+
+#![warn(missing_docs, clippy::print_stdout, clippy::print_stderr)]
 
 pub mod canonical;
 pub mod checkpoint;
+pub mod config;
 pub mod merkle;
 pub mod pack;
+pub mod store;
 pub mod verify;
 
 pub use canonical::{DOMAIN, LeafPrefix, canonical_bytes, canonical_json, leaf_hash};
 pub use checkpoint::{Checkpoint, NoteSigner, NoteVerifier, SigningKeyFile, origin_for};
+pub use config::IntegrityConfig;
 pub use merkle::{
     CompactRange, EMPTY_ROOT, Hash, MerkleTree, consistency_proof, hash_children, hash_leaf, inclusion_proof, root,
     subtree_root, verify_consistency, verify_inclusion,
@@ -42,11 +48,11 @@ pub enum IntegrityError {
     Mismatch(String),
 }
 
-impl From<IntegrityError> for crate::AuditError {
+impl From<IntegrityError> for audit_core::AuditError {
     fn from(e: IntegrityError) -> Self {
         match e {
-            IntegrityError::MalformedKey(_) => crate::AuditError::invalid(e.to_string()),
-            _ => crate::AuditError::integrity(e.to_string()),
+            IntegrityError::MalformedKey(_) => audit_core::AuditError::invalid(e.to_string()),
+            _ => audit_core::AuditError::integrity(e.to_string()),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use tempfile::TempDir;
 
-pub use audit_client::embedded::{ClusterOptions, EmbeddedError, PgBinaries, PrivateCluster};
+pub use audit_embedded::{ClusterOptions, EmbeddedError, PgBinaries, PrivateCluster};
 
 /// A private cluster plus the temporary directory that holds it. Derefs to [`PrivateCluster`].
 #[derive(Debug)]

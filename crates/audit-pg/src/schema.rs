@@ -1,4 +1,6 @@
-//! Diesel's view of the schema in `migrations/` (the read path's query builder uses it).
+//! Diesel's view of the schema in `migrations/` (the read path's query builder uses it). The column list is
+//! the migration's; the macro's generated items are documented there.
+#![allow(missing_docs)]
 
 diesel::table! {
     /// Audit events (partitioned by `timestamp`; see the migration).

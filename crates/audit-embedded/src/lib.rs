@@ -1,4 +1,5 @@
-//! Private PostgreSQL clusters (embedded default and test clusters).
+//! audit-embedded: private PostgreSQL clusters (the product's embedded default, and the clusters tests stop, crash
+//! and replicate).
 //!
 //! audit-db needs a real PostgreSQL: when `DATABASE_URL` is unset the product runs its own private cluster from the
 //! system's PostgreSQL binaries (data directory `.audit-db/` by default), and tests that must stop, crash or
@@ -9,6 +10,8 @@
 //! PostgreSQL refuses to run as root: when this process is root, every PostgreSQL program runs as the `postgres`
 //! OS user through `runuser -u postgres --` and the data directory belongs to that user.
 
+#![warn(missing_docs, clippy::print_stdout, clippy::print_stderr)]
+
 use std::fmt::Write as _;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -16,7 +19,6 @@ use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use audit_core::{AuditError, ErrorClass};
 use tokio::process::Command;
 
 /// Environment variable naming the directory that holds `initdb`, `pg_ctl`, `pg_basebackup`.
@@ -124,28 +126,6 @@ pub enum EmbeddedError {
 impl EmbeddedError {
     fn io(action: impl Into<String>, source: io::Error) -> Self {
         Self::Io { action: action.into(), source }
-    }
-
-    /// The error class a caller's retry/breaker logic should see.
-    pub fn class(&self) -> ErrorClass {
-        match self {
-            EmbeddedError::Sql { .. } | EmbeddedError::Timeout { .. } | EmbeddedError::Command { .. } => {
-                ErrorClass::Unavailable
-            }
-            _ => ErrorClass::Permanent,
-        }
-    }
-}
-
-impl From<EmbeddedError> for AuditError {
-    fn from(err: EmbeddedError) -> Self {
-        let sqlstate = match &err {
-            EmbeddedError::Sql { source, .. } => source.code().map(|c| c.code().to_string()),
-            _ => None,
-        };
-        let mut out = AuditError::new(err.class(), err.to_string()).with_component("embedded-postgres");
-        out.sqlstate = sqlstate;
-        out
     }
 }
 
@@ -995,7 +975,5 @@ mod tests {
     fn missing_binaries_error_names_the_packages() {
         let msg = EmbeddedError::BinariesNotFound { searched: "/nowhere".into() }.to_string();
         assert!(msg.contains("postgresql-15") && msg.contains("postgresql@15") && msg.contains("/nowhere"), "{msg}");
-        let err: AuditError = EmbeddedError::BinariesNotFound { searched: "/nowhere".into() }.into();
-        assert_eq!(err.class, ErrorClass::Permanent);
     }
 }

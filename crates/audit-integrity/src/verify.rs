@@ -480,31 +480,73 @@ impl<'a> Verifier<'a> {
     }
 
     /// Turns the authenticated leaves and the local evidence into findings.
+    /// Names what is wrong, once the authenticated leaves are known: each position's rows, rows outside the log's
+    /// positions, missing positions, and ranges that could not be authenticated. Findings come out sorted by
+    /// position, then kind.
     fn classify(&mut self) {
+        let mut c = Classifier::new(self);
+        c.positions(self);
+        c.outside(self);
+        c.missing(self);
+        let damaged = std::mem::take(&mut self.damaged);
+        c.damaged(self, damaged);
+        let mut drafts = c.drafts;
+        drafts.sort_by(|x, y| (x.seq.unwrap_or(u64::MAX), x.kind).cmp(&(y.seq.unwrap_or(u64::MAX), y.kind)));
+        for d in drafts {
+            self.finding(d.seq, d.event_id, d.kind, d.detail);
+        }
+    }
+}
+
+/// A finding before it is tied to its log.
+struct Draft {
+    seq: Option<u64>,
+    event_id: Option<Uuid>,
+    kind: FindingKind,
+    detail: String,
+}
+
+/// The stages of [`Verifier::classify`], sharing what they learn: where each signed leaf was authenticated, and
+/// which signed positions turned up elsewhere (relocated, so not also missing).
+struct Classifier {
+    auth_pos: HashMap<Hash, u64>,
+    relocated: Vec<u64>,
+    drafts: Vec<Draft>,
+}
+
+impl Classifier {
+    fn new(v: &Verifier<'_>) -> Self {
         let mut auth_pos: HashMap<Hash, u64> = HashMap::new();
-        for (k, h) in self.auth.iter().enumerate() {
+        for (k, h) in v.auth.iter().enumerate() {
             if let Some(h) = h {
-                auth_pos.entry(*h).or_insert(self.a0 + k as u64);
+                auth_pos.entry(*h).or_insert(v.a0 + k as u64);
             }
         }
-        // Positions whose signed event still sits there, with its content intact.
-        let intact = |v: &Verifier, pos: u64| -> bool {
-            let Some(Some(a)) = v.auth.get((pos - v.a0) as usize) else { return false };
-            v.at.get(&pos).is_some_and(|idx| idx.iter().any(|&i| v.rows[i].recomputed_leaf == *a))
-        };
-        // A row carrying the signed content of another position.
-        let moved_from = |v: &Verifier, row: &RowView, pos: Option<u64>| -> Option<(u64, bool)> {
-            let j = *auth_pos.get(&row.recomputed_leaf)?;
-            (Some(j) != pos).then(|| (j, intact(v, j)))
-        };
-        let mut relocated: Vec<u64> = Vec::new();
-        let mut out: Vec<(Option<u64>, Option<Uuid>, FindingKind, String)> = Vec::new();
+        Self { auth_pos, relocated: Vec::new(), drafts: Vec::new() }
+    }
 
-        let positions: Vec<u64> = self.at.keys().copied().collect();
-        for pos in positions {
-            let idx = self.at[&pos].clone();
-            let auth = if pos < self.s_max { self.auth[(pos - self.a0) as usize] } else { None };
-            let rows: Vec<&RowView> = idx.iter().map(|&i| &self.rows[i]).collect();
+    fn push(&mut self, seq: Option<u64>, event_id: Option<Uuid>, kind: FindingKind, detail: String) {
+        self.drafts.push(Draft { seq, event_id, kind, detail });
+    }
+
+    /// Whether the signed event of `pos` still sits there with its content intact.
+    fn intact(v: &Verifier<'_>, pos: u64) -> bool {
+        let Some(Some(a)) = v.auth.get((pos - v.a0) as usize) else { return false };
+        v.at.get(&pos).is_some_and(|idx| idx.iter().any(|&i| v.rows[i].recomputed_leaf == *a))
+    }
+
+    /// A row carrying the signed content of another position: that position, and whether its own event is intact.
+    fn moved_from(&self, v: &Verifier<'_>, row: &RowView, pos: Option<u64>) -> Option<(u64, bool)> {
+        let j = *self.auth_pos.get(&row.recomputed_leaf)?;
+        (Some(j) != pos).then(|| (j, Self::intact(v, j)))
+    }
+
+    /// Rows at the log's positions: the genuine row stays unnamed; copies, moves, alterations and extra rows are
+    /// named.
+    fn positions(&mut self, v: &Verifier<'_>) {
+        for (&pos, idx) in &v.at {
+            let auth = if pos < v.s_max { v.auth[(pos - v.a0) as usize] } else { None };
+            let rows: Vec<&RowView> = idx.iter().map(|&i| &v.rows[i]).collect();
             let keeper = match auth {
                 Some(a) => rows
                     .iter()
@@ -521,160 +563,134 @@ impl<'a> Verifier<'a> {
                 if k == keeper && fine {
                     continue;
                 }
-                if let Some((j, j_intact)) = moved_from(self, r, Some(pos)) {
-                    if j_intact {
-                        out.push((
-                            Some(pos),
-                            Some(r.event_id),
-                            FindingKind::Injected,
-                            format!(
-                                "row at seq {pos} is a copy of the event signed at seq {j}, which is still in place"
-                            ),
-                        ));
-                    } else {
-                        relocated.push(j);
-                        out.push((
-                            Some(pos),
-                            Some(r.event_id),
-                            FindingKind::Reordered,
-                            format!(
-                                "row at seq {pos} holds the event signed at seq {j}{}",
-                                auth.map(|a| format!("; the event signed at seq {pos} has leaf {}", hex::encode(a)))
-                                    .unwrap_or_default()
-                            ),
-                        ));
-                    }
-                    continue;
-                }
-                if k == keeper {
-                    let detail = match auth {
-                        Some(a) if r.stored_leaf == a => format!(
-                            "content of the row at seq {pos} no longer matches its leaf hash, which the signed root \
-                             authenticates ({})",
-                            hex::encode(a)
-                        ),
-                        Some(a) => format!(
-                            "row at seq {pos} matches neither the signed leaf {} nor, with its content, its own \
-                             stored leaf hash{}",
-                            hex::encode(a),
-                            if r.recomputed_leaf == r.stored_leaf {
-                                " (content and leaf hash rewritten together)"
-                            } else {
-                                ""
-                            }
-                        ),
-                        None => format!(
-                            "content of the row at seq {pos} no longer matches its stored leaf hash (position not \
-                             covered by a verified checkpoint)"
-                        ),
-                    };
-                    out.push((Some(pos), Some(r.event_id), FindingKind::Altered, detail));
+                if let Some((j, j_intact)) = self.moved_from(v, r, Some(pos)) {
+                    self.moved_row(pos, r, j, j_intact, auth);
+                } else if k == keeper {
+                    self.push(Some(pos), Some(r.event_id), FindingKind::Altered, altered_detail(pos, r, auth));
                 } else {
-                    let genuine = rows[keeper];
-                    let detail = match auth {
-                        Some(a) => format!(
-                            "second row at seq {pos}; the signed leaf there ({}) is that of event {}",
-                            hex::encode(a),
-                            genuine.event_id
-                        ),
-                        None => format!(
-                            "second row at seq {pos} (next to event {}); the position is not covered by a verified \
-                             checkpoint, so which row is genuine is decided only by which still matches its stored \
-                             leaf hash",
-                            genuine.event_id
-                        ),
-                    };
-                    out.push((Some(pos), Some(r.event_id), FindingKind::Injected, detail));
+                    let detail = extra_row_detail(pos, rows[keeper], auth);
+                    self.push(Some(pos), Some(r.event_id), FindingKind::Injected, detail);
                 }
             }
         }
-        let outside = self.outside.clone();
-        for i in outside {
-            let r = &self.rows[i];
-            if let Some((j, false)) = moved_from(self, r, None) {
-                relocated.push(j);
-                out.push((
-                    None,
-                    Some(r.event_id),
-                    FindingKind::Reordered,
-                    format!(
-                        "row with seq {} (outside the log's positions [0, {})) holds the event signed at seq {j}",
-                        r.seq, self.end
-                    ),
-                ));
+    }
+
+    /// A row at `pos` holding the event signed at `j`: a copy when that event is still in place, a move otherwise.
+    fn moved_row(&mut self, pos: u64, r: &RowView, j: u64, j_intact: bool, auth: Option<Hash>) {
+        if j_intact {
+            let detail = format!("row at seq {pos} is a copy of the event signed at seq {j}, which is still in place");
+            self.push(Some(pos), Some(r.event_id), FindingKind::Injected, detail);
+        } else {
+            self.relocated.push(j);
+            let signed_here = auth
+                .map(|a| format!("; the event signed at seq {pos} has leaf {}", hex::encode(a)))
+                .unwrap_or_default();
+            let detail = format!("row at seq {pos} holds the event signed at seq {j}{signed_here}");
+            self.push(Some(pos), Some(r.event_id), FindingKind::Reordered, detail);
+        }
+    }
+
+    /// Rows whose seq is outside the log's positions: moved there, or injected.
+    fn outside(&mut self, v: &Verifier<'_>) {
+        for &i in &v.outside {
+            let r = &v.rows[i];
+            if let Some((j, false)) = self.moved_from(v, r, None) {
+                self.relocated.push(j);
+                let detail = format!(
+                    "row with seq {} (outside the log's positions [0, {})) holds the event signed at seq {j}",
+                    r.seq, v.end
+                );
+                self.push(None, Some(r.event_id), FindingKind::Reordered, detail);
                 continue;
             }
-            out.push((
-                u64::try_from(r.seq).ok(),
-                Some(r.event_id),
-                FindingKind::Injected,
-                if r.seq < 0 {
-                    format!("row has a negative seq {}", r.seq)
-                } else {
-                    format!(
-                        "row at seq {} is beyond the log head {} (and every signed checkpoint)",
-                        r.seq, self.head_size
-                    )
-                },
-            ));
+            let detail = if r.seq < 0 {
+                format!("row has a negative seq {}", r.seq)
+            } else {
+                format!("row at seq {} is beyond the log head {} (and every signed checkpoint)", r.seq, v.head_size)
+            };
+            self.push(u64::try_from(r.seq).ok(), Some(r.event_id), FindingKind::Injected, detail);
         }
-        // Missing positions, in runs.
-        relocated.sort_unstable();
-        let mut pos = self.a0;
-        let mut missing: Vec<(u64, u64)> = Vec::new();
-        let keys: Vec<u64> = self.at.keys().copied().chain(std::iter::once(self.end)).collect();
-        for k in keys {
+    }
+
+    /// Positions without a row (and not relocated), one finding each, or one per run when a run is long.
+    fn missing(&mut self, v: &Verifier<'_>) {
+        self.relocated.sort_unstable();
+        let mut pos = v.a0;
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for k in v.at.keys().copied().chain(std::iter::once(v.end)) {
             if k > pos {
-                missing.push((pos, k));
+                runs.push((pos, k));
             }
             pos = k + 1;
         }
-        for (s, e) in missing {
+        for (s, e) in runs {
             if e - s > MAX_MISSING_PER_SEQ {
-                out.push((
-                    Some(s),
-                    None,
-                    FindingKind::Missing,
-                    format!("no rows at seqs [{s}, {e}) ({} positions) of a log whose head is {}", e - s, self.end),
-                ));
+                let detail =
+                    format!("no rows at seqs [{s}, {e}) ({} positions) of a log whose head is {}", e - s, v.end);
+                self.push(Some(s), None, FindingKind::Missing, detail);
                 continue;
             }
             for p in s..e {
-                if relocated.binary_search(&p).is_ok() {
+                if self.relocated.binary_search(&p).is_ok() {
                     continue;
                 }
-                let signed = if p < self.s_max { self.auth[(p - self.a0) as usize] } else { None };
-                out.push((
-                    Some(p),
-                    None,
-                    FindingKind::Missing,
-                    match signed {
-                        Some(a) => format!("no row at seq {p}; the signed leaf there is {}", hex::encode(a)),
-                        None => format!("no row at seq {p} (the log head is {})", self.end),
-                    },
-                ));
+                let signed = if p < v.s_max { v.auth[(p - v.a0) as usize] } else { None };
+                let detail = match signed {
+                    Some(a) => format!("no row at seq {p}; the signed leaf there is {}", hex::encode(a)),
+                    None => format!("no row at seq {p} (the log head is {})", v.end),
+                };
+                self.push(Some(p), None, FindingKind::Missing, detail);
             }
         }
-        // Ranges that could not be authenticated: one finding per range, naming its first position.
-        let damaged = std::mem::take(&mut self.damaged);
+    }
+
+    /// Ranges that could not be authenticated: one finding per range, naming its first position.
+    fn damaged(&mut self, v: &Verifier<'_>, damaged: Vec<(u64, u64, String)>) {
         for (s, e, why) in damaged {
-            let event_id = self.at.get(&s).map(|idx| self.rows[idx[0]].event_id);
-            out.push((
-                Some(s),
-                event_id,
-                FindingKind::Altered,
-                format!(
-                    "leaves [{s}, {e}) (tiles {}–{}) cannot be authenticated: {why}; the tampering lies in this range \
-                 and, where content and leaf_hash were rewritten together, cannot be pinned to a row",
-                    s / TILE_SIZE,
-                    (e - 1) / TILE_SIZE
-                ),
-            ));
+            let event_id = v.at.get(&s).map(|idx| v.rows[idx[0]].event_id);
+            let detail = format!(
+                "leaves [{s}, {e}) (tiles {}–{}) cannot be authenticated: {why}; the tampering lies in this range and, \
+                 where content and leaf_hash were rewritten together, cannot be pinned to a row",
+                s / TILE_SIZE,
+                (e - 1) / TILE_SIZE
+            );
+            self.push(Some(s), event_id, FindingKind::Altered, detail);
         }
-        out.sort_by(|x, y| (x.0.unwrap_or(u64::MAX), x.2).cmp(&(y.0.unwrap_or(u64::MAX), y.2)));
-        for (seq, id, kind, detail) in out {
-            self.finding(seq, id, kind, detail);
-        }
+    }
+}
+
+/// Why the genuine row of `pos` (the one kept) is named altered.
+fn altered_detail(pos: u64, r: &RowView, auth: Option<Hash>) -> String {
+    match auth {
+        Some(a) if r.stored_leaf == a => format!(
+            "content of the row at seq {pos} no longer matches its leaf hash, which the signed root authenticates ({})",
+            hex::encode(a)
+        ),
+        Some(a) => format!(
+            "row at seq {pos} matches neither the signed leaf {} nor, with its content, its own stored leaf hash{}",
+            hex::encode(a),
+            if r.recomputed_leaf == r.stored_leaf { " (content and leaf hash rewritten together)" } else { "" }
+        ),
+        None => format!(
+            "content of the row at seq {pos} no longer matches its stored leaf hash (position not covered by a \
+             verified checkpoint)"
+        ),
+    }
+}
+
+/// Why a second row at `pos` (beside the genuine one) is named injected.
+fn extra_row_detail(pos: u64, genuine: &RowView, auth: Option<Hash>) -> String {
+    match auth {
+        Some(a) => format!(
+            "second row at seq {pos}; the signed leaf there ({}) is that of event {}",
+            hex::encode(a),
+            genuine.event_id
+        ),
+        None => format!(
+            "second row at seq {pos} (next to event {}); the position is not covered by a verified checkpoint, so \
+             which row is genuine is decided only by which still matches its stored leaf hash",
+            genuine.event_id
+        ),
     }
 }
 
@@ -803,7 +819,7 @@ impl SegTree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::integrity::merkle::{hash_leaf, root};
+    use crate::merkle::{hash_leaf, root};
 
     const LOG: &str = "acme";
 

@@ -1,0 +1,277 @@
+//! Configuration at the edge: each library crate owns its section type (`[database]` in audit-pg, `[partition]` in
+//! audit-partition, …); this module puts them together as the seed's `EnhancedDatabaseConfig`, reads an optional
+//! TOML file and then the environment (which wins), and checks the result. Only binaries read files and the
+//! environment.
+
+use audit_cache::CacheConfig;
+use audit_client::IngestConfig;
+use audit_integrity::IntegrityConfig;
+use audit_partition::{PartitionConfig, PartitionInterval, PartitionStrategy};
+use audit_pg::DatabaseConfig;
+use audit_resilience::CircuitBreakerConfig;
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem, naming the key (TOML path or environment variable).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration key `{key}`: {reason}")]
+pub struct ConfigError {
+    /// The TOML path or environment variable at fault.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn cfg_err(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), reason: reason.into() }
+}
+
+/// `[monitoring]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct MonitoringConfig {
+    /// Export metrics at `/metrics` (off: the route answers 404 and no recorder is installed).
+    pub enabled: bool,
+    /// Database operations slower than this are logged at warn, ms.
+    pub slow_query_threshold: u64,
+    /// How long the seed kept metrics (kept for compatibility; metrics are exported, not stored).
+    pub metrics_retention_days: u32,
+    /// `tracing` filter (`info`, `debug`, …).
+    pub log_level: String,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        Self { enabled: true, slow_query_threshold: 1_000, metrics_retention_days: 7, log_level: "info".into() }
+    }
+}
+
+/// Everything, as one value: the seed's sections plus `[ingest]` and `[integrity]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `[database]`
+    pub database: DatabaseConfig,
+    /// `[partition]`
+    pub partition: PartitionConfig,
+    /// `[cache]`
+    pub cache: CacheConfig,
+    /// `[circuitBreaker]`
+    pub circuit_breaker: CircuitBreakerConfig,
+    /// `[monitoring]`
+    pub monitoring: MonitoringConfig,
+    /// `[ingest]`
+    pub ingest: IngestConfig,
+    /// `[integrity]`
+    pub integrity: IntegrityConfig,
+    /// Read replica URLs, in order (`AUDIT_DB_READ_REPLICA_1..N`).
+    pub replicas: Vec<String>,
+}
+
+fn parse<T: std::str::FromStr>(key: &str, raw: &str) -> Result<T, ConfigError> {
+    raw.trim().parse().map_err(|_| cfg_err(key, format!("`{raw}` is not a valid value")))
+}
+
+fn parse_bool(key: &str, raw: &str) -> Result<bool, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(cfg_err(key, format!("`{raw}` is not a boolean (true/false)"))),
+    }
+}
+
+fn parse_enum<T: std::str::FromStr<Err = String>>(key: &str, raw: &str) -> Result<T, ConfigError> {
+    raw.parse().map_err(|reason| cfg_err(key, reason))
+}
+
+/// Sets one setting from an environment variable's value (`key` is the variable's name, for errors).
+type Setter = fn(&mut AuditConfig, key: &str, value: &str) -> Result<(), ConfigError>;
+
+/// Every environment variable the configuration reads (besides `AUDIT_DB_READ_REPLICA_1..N`), and what it sets.
+/// The one list: deployment manifests are checked against it.
+pub const ENVIRONMENT: &[(&str, Setter)] = &[
+    ("DATABASE_URL", |c, _, v| {
+        c.database.url = Some(v.to_string());
+        Ok(())
+    }),
+    ("AUDIT_DB_POOL_SIZE", |c, k, v| {
+        c.database.pool_size = parse(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_SSL", |c, k, v| {
+        c.database.ssl = parse_bool(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_DATA_DIR", |c, _, v| {
+        c.database.data_dir = v.into();
+        Ok(())
+    }),
+    ("AUDIT_DB_QUERY_TIMEOUT", |c, k, v| {
+        c.database.query_timeout = parse(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_CONNECTION_TIMEOUT", |c, k, v| {
+        c.database.connection_timeout = parse(k, v)?;
+        Ok(())
+    }),
+    ("REDIS_URL", |c, _, v| {
+        c.cache.redis_url = Some(v.to_string());
+        Ok(())
+    }),
+    ("REDIS_CLUSTER_MODE", |c, k, v| {
+        c.cache.redis_cluster_mode = parse_bool(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_CACHE_SIZE_MB", |c, k, v| {
+        c.cache.max_size_mb = parse(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_CACHE_ENABLED", |c, k, v| {
+        c.cache.enabled = parse_bool(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_PARTITION_RETENTION_DAYS", |c, k, v| {
+        c.partition.retention_days = parse(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_PARTITION_INTERVAL", |c, k, v| {
+        c.partition.interval = parse_enum::<PartitionInterval>(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_PARTITION_STRATEGY", |c, k, v| {
+        c.partition.strategy = parse_enum::<PartitionStrategy>(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_ARCHIVE_DIR", |c, _, v| {
+        c.partition.archive_dir = Some(v.into());
+        Ok(())
+    }),
+    ("LOG_LEVEL", |c, _, v| {
+        c.monitoring.log_level = v.to_string();
+        Ok(())
+    }),
+    ("METRICS_ENABLED", |c, k, v| {
+        c.monitoring.enabled = parse_bool(k, v)?;
+        Ok(())
+    }),
+    ("SLOW_QUERY_THRESHOLD", |c, k, v| {
+        c.monitoring.slow_query_threshold = parse(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_SIGNING_KEY_FILE", |c, _, v| {
+        c.integrity.signing_key_file = Some(v.into());
+        Ok(())
+    }),
+    ("AUDIT_DB_CHECKPOINT_INTERVAL_SECS", |c, k, v| {
+        c.integrity.checkpoint_interval_secs = Some(parse(k, v)?);
+        Ok(())
+    }),
+];
+
+/// Prefix of the numbered read-replica variables (`AUDIT_DB_READ_REPLICA_1`, `_2`, … until the first gap).
+pub const REPLICA_ENV_PREFIX: &str = "AUDIT_DB_READ_REPLICA_";
+
+impl AuditConfig {
+    /// Builds the configuration from an optional TOML text, then environment overrides, then checks it.
+    pub fn load(toml_text: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut c: AuditConfig = match toml_text {
+            Some(t) => toml::from_str(t).map_err(|e| {
+                let msg = e.message().to_string();
+                let key = msg.split('`').nth(1).map(str::to_string).unwrap_or_else(|| "config file".to_string());
+                cfg_err(key, msg)
+            })?,
+            None => AuditConfig::default(),
+        };
+        c.apply_env(&env)?;
+        c.check()?;
+        Ok(c)
+    }
+
+    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        for (key, set) in ENVIRONMENT {
+            if let Some(v) = get(key) {
+                set(self, key, &v)?;
+            }
+        }
+        let replicas: Vec<String> = (1..).map_while(|i| get(&format!("{REPLICA_ENV_PREFIX}{i}"))).collect();
+        if !replicas.is_empty() {
+            self.replicas = replicas;
+        }
+        Ok(())
+    }
+
+    /// Checks values that types alone cannot.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.database.check().map_err(|(k, r)| cfg_err(k, r))?;
+        if self.database.ssl {
+            return Err(cfg_err(
+                "database.ssl",
+                "TLS to PostgreSQL is not built yet; connect over a private network or through a TLS-terminating \
+                 proxy, and leave this off (AUDIT_DB_SSL=false)",
+            ));
+        }
+        self.partition.check().map_err(|(k, r)| cfg_err(k, r))?;
+        self.cache.check().map_err(|(k, r)| cfg_err(k, r))?;
+        self.circuit_breaker.check().map_err(|(k, r)| cfg_err(k, r))?;
+        self.ingest.check().map_err(|(k, r)| cfg_err(k, r))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_toml_and_bad_values_name_their_key() {
+        let toml = "[cache]\nmaxSizeMB = 50\ndefaultTTL = 60\n[partition]\ninterval = \"yearly\"\n";
+        let env = |k: &str| match k {
+            "AUDIT_DB_CACHE_SIZE_MB" => Some("200".to_string()),
+            "AUDIT_DB_READ_REPLICA_1" => Some("postgres://r1/db".to_string()),
+            "AUDIT_DB_READ_REPLICA_2" => Some("postgres://r2/db".to_string()),
+            _ => None,
+        };
+        let c = AuditConfig::load(Some(toml), env).unwrap();
+        assert_eq!(c.cache.max_size_mb, 200);
+        assert_eq!(c.cache.default_ttl, 60);
+        assert_eq!(c.partition.interval, PartitionInterval::Yearly);
+        assert_eq!(c.replicas.len(), 2);
+
+        let e = AuditConfig::load(None, |k| (k == "AUDIT_DB_POOL_SIZE").then(|| "many".to_string())).unwrap_err();
+        assert_eq!(e.key, "AUDIT_DB_POOL_SIZE");
+        let e = AuditConfig::load(Some("[cache]\nmaxSizeMb = 5\n"), |_| None).unwrap_err();
+        assert!(e.to_string().contains("maxSizeMb"), "{e}");
+        let e = AuditConfig::load(None, |k| (k == "AUDIT_DB_SSL").then(|| "true".into())).unwrap_err();
+        assert_eq!(e.key, "database.ssl", "TLS is refused rather than silently ignored");
+        let e = AuditConfig::load(None, |k| (k == "AUDIT_DB_PARTITION_INTERVAL").then(|| "weekly".into())).unwrap_err();
+        assert_eq!(e.key, "AUDIT_DB_PARTITION_INTERVAL");
+    }
+
+    #[test]
+    fn every_listed_variable_is_read() {
+        for (key, _) in ENVIRONMENT {
+            // A value each setter accepts; the point is that the variable changes the configuration.
+            let value = match *key {
+                "AUDIT_DB_SSL" => continue, // refused until TLS exists (see check())
+                "AUDIT_DB_PARTITION_INTERVAL" => "yearly",
+                "AUDIT_DB_PARTITION_STRATEGY" => "hash",
+                "REDIS_CLUSTER_MODE" | "AUDIT_DB_CACHE_ENABLED" | "METRICS_ENABLED" => "false",
+                "DATABASE_URL"
+                | "REDIS_URL"
+                | "AUDIT_DB_DATA_DIR"
+                | "AUDIT_DB_ARCHIVE_DIR"
+                | "LOG_LEVEL"
+                | "AUDIT_DB_SIGNING_KEY_FILE" => "/x",
+                _ => "7",
+            };
+            let changed = AuditConfig::load(None, |k| (k == *key).then(|| value.to_string())).unwrap();
+            let changed = if *key == "REDIS_CLUSTER_MODE" {
+                // false is the default; true needs a URL to be meaningful but is accepted.
+                AuditConfig::load(None, |k| (k == *key).then(|| "true".to_string())).unwrap()
+            } else {
+                changed
+            };
+            assert_ne!(changed, AuditConfig::default(), "{key} changed nothing");
+        }
+    }
+}
