@@ -30,7 +30,7 @@ pub struct DatabaseConfig {
     pub connection_timeout: u64,
     /// Per-query deadline, ms (enforced server-side too).
     pub query_timeout: u64,
-    /// Require TLS.
+    /// Ask for TLS when the URL names no `sslmode` (the seed's `ssl`; see docs/tls.md).
     pub ssl: bool,
     /// Attempts to reach the database at start before giving up.
     pub max_connection_attempts: u32,
@@ -63,6 +63,7 @@ impl DatabaseConfig {
             connect_timeout: Duration::from_millis(self.connection_timeout),
             statement_timeout: Some(Duration::from_millis(self.query_timeout)),
             component: component.to_string(),
+            ssl: self.ssl,
             ..ConnectOptions::default()
         }
     }

@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use audit_core::{AuditError, AuditResult, RetrySchedule};
 use backon::Retryable as _;
-use tokio_postgres::config::Host;
 
-use crate::error::pg_error;
+use crate::tls::{self, ConnectError, PgConnector, describe_target};
 
 /// How connections are opened.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
-    /// Deadline of TCP connect + startup + authentication (+ TLS handshake).
+    /// Deadline of TCP connect + TLS handshake + startup + authentication.
     pub connect_timeout: Duration,
     /// Server-side `statement_timeout`: the server cancels a statement that runs longer (a client-side timeout
     /// alone would leave the query running). `None` keeps the server's default (used for DDL and long reads that
@@ -23,6 +22,8 @@ pub struct ConnectOptions {
     pub application_name: String,
     /// The dependency's name in errors and health reports (`primary`, `replica:r1`).
     pub component: String,
+    /// `AUDIT_DB_SSL` (the seed's `ssl: true`): ask for TLS when the URL names no `sslmode` (see [`crate::tls`]).
+    pub ssl: bool,
 }
 
 impl Default for ConnectOptions {
@@ -32,42 +33,48 @@ impl Default for ConnectOptions {
             statement_timeout: None,
             application_name: "audit-db".into(),
             component: "primary".into(),
+            ssl: false,
         }
     }
 }
 
-/// A parsed server address plus how to connect to it. Cheap to clone.
+/// A parsed server address plus how to connect to it (session settings, TLS built once). Cheap to clone.
 #[derive(Clone)]
 pub struct Connector {
-    /// What the URL said, before our session settings.
+    /// What the URL said (minus the TLS parameters), before our session settings.
     base: tokio_postgres::Config,
-    /// `base` with the options applied.
-    config: tokio_postgres::Config,
+    /// `base` with the options applied, and the TLS configuration.
+    pg: PgConnector,
     options: ConnectOptions,
     target: String,
 }
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connector").field("target", &self.target).field("options", &self.options).finish()
+        f.debug_struct("Connector")
+            .field("target", &self.target)
+            .field("sslmode", &self.pg.tls().mode())
+            .field("options", &self.options)
+            .finish()
     }
 }
 
 impl Connector {
-    /// Parses `url` (a `postgres://` URL or a `key=value` string). A URL that cannot be parsed is invalid input
-    /// naming what is wrong (without echoing a password).
+    /// Parses `url` (a `postgres://` URL or a `key=value` string, with libpq's `sslmode`/`sslrootcert`) and
+    /// builds its TLS configuration. A URL or TLS setting that cannot work is invalid input naming what is wrong
+    /// (without echoing a password).
     pub fn new(url: &str, options: ConnectOptions) -> AuditResult<Self> {
-        let base: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| AuditError::invalid(format!("database URL `{}` is not valid: {e}", redact(url))))?;
+        let (base, tls) = tls::parse_url(url, options.ssl).map_err(|e| to_audit_error(e, &options.component))?;
         let target = describe_target(&base);
-        let config = Self::apply(&base, &options);
-        Ok(Self { base, config, options, target })
+        let pg = PgConnector::new(Self::apply(&base, &options), tls, options.connect_timeout)
+            .map_err(|e| to_audit_error(e, &options.component))?;
+        Ok(Self { base, pg, options, target })
     }
 
-    /// The same server with other options (e.g. no statement timeout for DDL).
+    /// The same server with other options (e.g. no statement timeout for DDL); the TLS configuration is shared.
     pub fn with_options(&self, options: ConnectOptions) -> Self {
-        Self { config: Self::apply(&self.base, &options), options, ..self.clone() }
+        let pg = self.pg.with_config(Self::apply(&self.base, &options)).unwrap_or_else(|_| self.pg.clone());
+        Self { pg, options, ..self.clone() }
     }
 
     fn apply(base: &tokio_postgres::Config, options: &ConnectOptions) -> tokio_postgres::Config {
@@ -97,25 +104,27 @@ impl Connector {
         &self.options
     }
 
-    /// Opens one connection within the connect timeout and drives it on a background task.
-    pub async fn connect(&self) -> AuditResult<tokio_postgres::Client> {
-        let timeout = self.options.connect_timeout;
-        let what = format!("connecting to {}", self.target);
-        let (client, connection) = match tokio::time::timeout(timeout, self.config.connect(tokio_postgres::NoTls)).await
-        {
-            Ok(r) => r.map_err(|e| pg_error(e, &what).with_component(self.options.component.clone()))?,
-            Err(_) => {
-                return Err(AuditError::unavailable(format!("{what}: no answer within {} ms", timeout.as_millis()))
-                    .with_component(self.options.component.clone()));
-            }
-        };
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "database connection closed");
-            }
-        });
-        Ok(client)
+    /// The TLS settings in force.
+    pub fn tls(&self) -> &tls::TlsSettings {
+        self.pg.tls()
     }
+
+    /// Opens one connection within the connect timeout (TLS as configured) and drives it on a background task.
+    pub async fn connect(&self) -> AuditResult<tokio_postgres::Client> {
+        self.pg.connect().await.map(|(client, _driver)| client).map_err(|e| to_audit_error(e, &self.options.component))
+    }
+
+    /// Opens one connection and hands back its driver future undriven (for diesel-async's migration harness).
+    pub async fn connect_unspawned(&self) -> AuditResult<(tokio_postgres::Client, tls::PgConnection)> {
+        self.pg.connect_unspawned().await.map_err(|e| to_audit_error(e, &self.options.component))
+    }
+}
+
+/// A connection failure as the workspace's error, naming the dependency unless the settings themselves are wrong.
+fn to_audit_error(e: ConnectError, component: &str) -> AuditError {
+    let configuration = e.is_configuration();
+    let e = AuditError::from(e);
+    if configuration { e } else { e.with_component(component.to_string()) }
 }
 
 impl Connector {
@@ -137,18 +146,6 @@ impl Connector {
                 ))
             })
     }
-}
-
-/// `PostgreSQL at host:port` of a connection config.
-pub fn describe_target(cfg: &tokio_postgres::Config) -> String {
-    let host = match cfg.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    format!("PostgreSQL at {host}:{port}")
 }
 
 /// A URL with its password hidden, for logs and messages.

@@ -25,8 +25,9 @@ async fn open(connector: &Connector) -> AuditResult<Harness> {
         application_name: "audit-db migrate".into(),
         ..connector.options().clone()
     };
-    let client = connector.with_options(options).connect().await.map_err(|e| e.context("migrating"))?;
-    let conn = AsyncPgConnection::try_from(client).await.map_err(|e| {
+    let (client, connection) =
+        connector.with_options(options).connect_unspawned().await.map_err(|e| e.context("migrating"))?;
+    let conn = AsyncPgConnection::try_from_client_and_connection(client, connection).await.map_err(|e| {
         AuditError::unavailable(format!("setting up the migration connection to {}: {e}", connector.target()))
             .with_source(e)
     })?;

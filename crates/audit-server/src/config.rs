@@ -203,13 +203,6 @@ impl AuditConfig {
     /// Checks values that types alone cannot.
     pub fn check(&self) -> Result<(), ConfigError> {
         self.database.check().map_err(|(k, r)| cfg_err(k, r))?;
-        if self.database.ssl {
-            return Err(cfg_err(
-                "database.ssl",
-                "TLS to PostgreSQL is not built yet; connect over a private network or through a TLS-terminating \
-                 proxy, and leave this off (AUDIT_DB_SSL=false)",
-            ));
-        }
         self.partition.check().map_err(|(k, r)| cfg_err(k, r))?;
         self.cache.check().map_err(|(k, r)| cfg_err(k, r))?;
         self.circuit_breaker.check().map_err(|(k, r)| cfg_err(k, r))?;
@@ -241,8 +234,8 @@ mod tests {
         assert_eq!(e.key, "AUDIT_DB_POOL_SIZE");
         let e = AuditConfig::load(Some("[cache]\nmaxSizeMb = 5\n"), |_| None).unwrap_err();
         assert!(e.to_string().contains("maxSizeMb"), "{e}");
-        let e = AuditConfig::load(None, |k| (k == "AUDIT_DB_SSL").then(|| "true".into())).unwrap_err();
-        assert_eq!(e.key, "database.ssl", "TLS is refused rather than silently ignored");
+        let c = AuditConfig::load(None, |k| (k == "AUDIT_DB_SSL").then(|| "true".into())).unwrap();
+        assert!(c.database.ssl, "TLS is asked for (crates/audit-pg/tests/tls.rs proves what it does)");
         let e = AuditConfig::load(None, |k| (k == "AUDIT_DB_PARTITION_INTERVAL").then(|| "weekly".into())).unwrap_err();
         assert_eq!(e.key, "AUDIT_DB_PARTITION_INTERVAL");
     }
@@ -252,7 +245,7 @@ mod tests {
         for (key, _) in ENVIRONMENT {
             // A value each setter accepts; the point is that the variable changes the configuration.
             let value = match *key {
-                "AUDIT_DB_SSL" => continue, // refused until TLS exists (see check())
+                "AUDIT_DB_SSL" => "true",
                 "AUDIT_DB_PARTITION_INTERVAL" => "yearly",
                 "AUDIT_DB_PARTITION_STRATEGY" => "hash",
                 "REDIS_CLUSTER_MODE" | "AUDIT_DB_CACHE_ENABLED" | "METRICS_ENABLED" => "false",
