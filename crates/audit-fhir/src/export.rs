@@ -17,7 +17,8 @@ use crate::model::{
 /// What an export needs besides the events: who is reporting them.
 #[derive(Debug, Clone)]
 pub struct ExportContext {
-    /// Name of the reporting service, written as `source.observer` and as the source agent (e.g. `audit-db`).
+    /// Name of the reporting service, written as `source.observer` and as the source agent (e.g. `audit-db`);
+    /// must contain a visible character (it is a FHIR string).
     pub service: String,
     /// `Bundle.timestamp`; the crate reads no clock, so the caller passes it (None leaves it out).
     pub bundle_timestamp: Option<DateTime<Utc>>,
