@@ -387,4 +387,14 @@ fn dockerfile_health_check_asks_the_exposed_port_and_runs_as_non_root() {
     assert!(!user.starts_with("root") && !user.starts_with('0'), "{user}");
     assert!(ins.iter().any(|(i, a)| i == "RUN" && a.contains("--uid \"${APP_UID}\"")));
     assert!(ins.iter().any(|(i, a)| i == "ARG" && a == "APP_UID=10001"));
+    // The image's own ENV defaults are settings the service reads, too.
+    let settings = documented_settings();
+    let env: Vec<String> = ins
+        .iter()
+        .filter(|(i, _)| i == "ENV")
+        .flat_map(|(_, a)| a.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, _)| k.to_string()))
+        .collect();
+    assert!(env.iter().any(|k| k == "AUDIT_DB_LISTEN"), "{env:?}");
+    let unknown: Vec<_> = env.iter().filter(|k| !settings.contains(*k) && !k.starts_with("CARGO_PROFILE_")).collect();
+    assert!(unknown.is_empty(), "the Dockerfile sets variables audit-db does not read: {unknown:?}");
 }
