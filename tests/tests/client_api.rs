@@ -87,7 +87,7 @@ async fn a_transaction_callback_reads_its_own_inserts_which_others_see_only_afte
         .iter()
         .map(|a| match a {
             Ack::Stored { event_id, .. } => *event_id,
-            Ack::Duplicate { event_id } => panic!("{event_id} reported as a duplicate"),
+            Ack::Duplicate { event_id, .. } => panic!("{event_id} reported as a duplicate"),
         })
         .collect();
     acked.sort();

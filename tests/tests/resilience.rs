@@ -53,10 +53,10 @@ async fn assert_acks_match_rows(pg: &tokio_postgres::Client, acks: &[Ack]) {
     let stored: HashMap<Uuid, (i64, i64)> = rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect();
     for ack in acks {
         match ack {
-            Ack::Stored { event_id, id, seq } => {
+            Ack::Stored { event_id, id, seq, .. } => {
                 assert_eq!(stored.get(event_id), Some(&(*id, *seq)), "the ack of {event_id} names its row")
             }
-            Ack::Duplicate { event_id } => panic!("{event_id} was reported as a duplicate"),
+            Ack::Duplicate { event_id, .. } => panic!("{event_id} was reported as a duplicate"),
         }
     }
 }

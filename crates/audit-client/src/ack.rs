@@ -3,41 +3,11 @@
 use std::sync::Arc;
 
 use audit_core::traits::CacheTier;
-use audit_core::{Page, SqlState};
+use audit_core::{Page, ReadRoute, SqlState};
 use serde::Serialize;
 use uuid::Uuid;
 
-/// Where a write's commit landed in the primary's WAL (`pg_current_wal_lsn()` right after COMMIT), so that a
-/// reader can ask a replica for at least this state (read-your-writes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct CommitLsn(#[serde(serialize_with = "lsn_text")] pub u64);
-
-fn lsn_text<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF))
-}
-
-impl std::fmt::Display for CommitLsn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
-    }
-}
-
-impl std::str::FromStr for CommitLsn {
-    type Err = String;
-
-    /// Parses PostgreSQL's `XXXXXXXX/XXXXXXXX` text form of an LSN.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("`{s}` is not a WAL position (expected the form 16/B374D848)");
-        let (hi, lo) = s.trim().split_once('/').ok_or_else(bad)?;
-        let hi = u64::from_str_radix(hi, 16).map_err(|_| bad())?;
-        let lo = u64::from_str_radix(lo, 16).map_err(|_| bad())?;
-        if hi > u64::from(u32::MAX) || lo > u64::from(u32::MAX) {
-            return Err(bad());
-        }
-        Ok(CommitLsn((hi << 32) | lo))
-    }
-}
+pub use audit_core::CommitLsn;
 
 /// The acknowledgement of one stored event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -51,11 +21,20 @@ pub enum Ack {
         id: i64,
         /// Position in its organisation's integrity log.
         seq: i64,
+        /// WAL position of the commit that stored it: a replica that has replayed this far has the event (hand it
+        /// to a reader as `Consistency::ReadYourWrites`). `None` inside a caller's open transaction (not committed
+        /// yet).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        commit_lsn: Option<CommitLsn>,
     },
     /// Already stored earlier (same `event_id` and `timestamp`); not stored again.
     Duplicate {
         /// The event's id.
         event_id: Uuid,
+        /// WAL position of the commit that found the stored copy (at or after the copy's own commit), so reading
+        /// at this position sees it too. `None` inside a caller's open transaction.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        commit_lsn: Option<CommitLsn>,
     },
 }
 
@@ -63,7 +42,14 @@ impl Ack {
     /// The event's id.
     pub fn event_id(&self) -> Uuid {
         match self {
-            Ack::Stored { event_id, .. } | Ack::Duplicate { event_id } => *event_id,
+            Ack::Stored { event_id, .. } | Ack::Duplicate { event_id, .. } => *event_id,
+        }
+    }
+
+    /// WAL position of the commit behind this acknowledgement (see the variants).
+    pub fn commit_lsn(&self) -> Option<CommitLsn> {
+        match self {
+            Ack::Stored { commit_lsn, .. } | Ack::Duplicate { commit_lsn, .. } => *commit_lsn,
         }
     }
 }
@@ -118,13 +104,15 @@ impl BatchReport {
     }
 }
 
-/// A query's answer and which tier produced it.
+/// A query's answer, which tier produced it and which server answered.
 #[derive(Debug, Clone)]
 pub struct QueryAnswer {
     /// The page (shared with the cache).
     pub page: Arc<Page>,
     /// `l1`, `l2` or `db`.
     pub tier: CacheTier,
+    /// The cache, the primary, or the replica that answered.
+    pub route: ReadRoute,
 }
 
 #[cfg(test)]
@@ -132,12 +120,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lsns_round_trip_through_postgres_text() {
-        let l: CommitLsn = "16/B374D848".parse().unwrap();
-        assert_eq!(l.0, 0x16_B374_D848);
-        assert_eq!(l.to_string(), "16/B374D848");
-        assert!("16-B3".parse::<CommitLsn>().is_err());
-        assert!("1FFFFFFFF/0".parse::<CommitLsn>().is_err());
-        assert!("0/1".parse::<CommitLsn>().unwrap() < "1/0".parse::<CommitLsn>().unwrap());
+    fn acks_carry_their_commit_position_in_json() {
+        let event_id = Uuid::nil();
+        let lsn: CommitLsn = "0/3016060".parse().unwrap();
+        let stored = Ack::Stored { event_id, id: 7, seq: 0, commit_lsn: Some(lsn) };
+        assert_eq!(stored.commit_lsn(), Some(lsn));
+        let json = serde_json::to_value(&stored).unwrap();
+        assert_eq!(json["result"], "stored");
+        assert_eq!(json["commit_lsn"], "0/3016060");
+        let open = serde_json::to_value(Ack::Duplicate { event_id, commit_lsn: None }).unwrap();
+        assert!(open.get("commit_lsn").is_none(), "{open}");
     }
 }

@@ -17,11 +17,15 @@ use tokio::time::Instant;
 use audit_core::AuditError;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::ack::CommitLsn;
 use crate::writer::{PreparedEvent, WriteOutcome};
+
+/// One event's outcome and the WAL position of the commit that decided it.
+pub(crate) type Committed = (WriteOutcome, Option<CommitLsn>);
 
 struct Request {
     event: PreparedEvent,
-    reply: oneshot::Sender<Result<WriteOutcome, AuditError>>,
+    reply: oneshot::Sender<Result<Committed, AuditError>>,
     queued_at: Instant,
 }
 
@@ -51,11 +55,12 @@ impl std::fmt::Debug for GroupCommitter {
 }
 
 impl GroupCommitter {
-    /// Starts the task. `flush` stores one batch and returns one outcome per event, in order.
+    /// Starts the task. `flush` stores one batch and returns one outcome per event, in order, with the WAL
+    /// position of its commit.
     pub(crate) fn spawn<F, Fut>(max_events: usize, max_wait: Duration, capacity: usize, flush: F) -> Self
     where
         F: Fn(Vec<PreparedEvent>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Vec<WriteOutcome>, AuditError>> + Send + 'static,
+        Fut: Future<Output = Result<(Vec<WriteOutcome>, Option<CommitLsn>), AuditError>> + Send + 'static,
     {
         let (tx, mut rx) = mpsc::channel::<Request>(capacity);
         let stats = Arc::new(BatcherStats::default());
@@ -92,9 +97,9 @@ impl GroupCommitter {
                 task_stats.events.fetch_add(n as u64, Ordering::Relaxed);
                 metrics::histogram!(metric::GROUP_COMMIT_BATCH_SIZE).record(n as f64);
                 match result {
-                    Ok(outcomes) => {
+                    Ok((outcomes, lsn)) => {
                         for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                            let _ = reply.send(Ok(outcome));
+                            let _ = reply.send(Ok((outcome, lsn)));
                         }
                     }
                     Err(e) => {
@@ -109,7 +114,7 @@ impl GroupCommitter {
     }
 
     /// Enqueues an event and waits until its transaction has committed (or failed).
-    pub(crate) async fn submit(&self, event: PreparedEvent) -> Result<WriteOutcome, AuditError> {
+    pub(crate) async fn submit(&self, event: PreparedEvent) -> Result<Committed, AuditError> {
         let (reply, rx) = oneshot::channel();
         self.tx.try_send(Request { event, reply, queued_at: Instant::now() }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {

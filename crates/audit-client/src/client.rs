@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use audit_core::event::truncate_to_micros;
-use audit_core::traits::{Direct, NoCache, PartitionProvisioner, QueryCache, QueryScope, ResiliencePolicy};
-use audit_core::{AuditError, AuditResult, EventFilter, NewEvent, StoredEvent, ValidationError, Validator};
+use audit_core::traits::{CacheTier, Direct, NoCache, PartitionProvisioner, QueryCache, QueryScope, ResiliencePolicy};
+use audit_core::{
+    AuditError, AuditResult, Consistency, EventFilter, NewEvent, PrimaryOnly, ReadRoute, ReadRouter, Routed,
+    StoredEvent, ValidationError, Validator,
+};
 use audit_pg::{Connector, DatabaseConfig, PgPool, PooledConn, build_pool, checkout};
 use chrono::Utc;
 use uuid::Uuid;
@@ -35,7 +38,7 @@ pub struct ClientConfig {
 /// Bulk inserts are stored in transactions of at most this many events (one binary COPY each).
 const BULK_CHUNK: usize = 10_000;
 
-pub(crate) struct Inner<P, C, R> {
+pub(crate) struct Inner<P, C, R, Q> {
     pub(crate) config: ClientConfig,
     pub(crate) url: String,
     pub(crate) connector: Connector,
@@ -44,6 +47,7 @@ pub(crate) struct Inner<P, C, R> {
     pub(crate) partitions: P,
     pub(crate) cache: C,
     pub(crate) policy: R,
+    pub(crate) router: Q,
     pub(crate) validator: Validator,
     pub(crate) known_months: std::sync::Mutex<std::collections::HashSet<i32>>,
     pub(crate) ops: OperationStats,
@@ -54,22 +58,39 @@ pub(crate) struct Inner<P, C, R> {
 
 /// The audit-db client: durable group-committed inserts, bulk COPY, cached queries, transactions, health.
 ///
-/// Generic over the partition provisioner, the query cache and the resilience policy — the traits of audit-core —
-/// so this crate never names another audit-db crate's types. `audit-server` wires the concrete ones.
-pub struct AuditClient<P, C = NoCache, R = Direct> {
-    pub(crate) inner: Arc<Inner<P, C, R>>,
+/// Generic over the partition provisioner, the query cache, the resilience policy and the read router — the traits
+/// of audit-core — so this crate never names another audit-db crate's types. `audit-server` wires the concrete
+/// ones. The router is the last parameter and defaults to [`PrimaryOnly`], so `AuditClient<P, C, R>` still names
+/// the client without replicas.
+pub struct AuditClient<P, C = NoCache, R = Direct, Q = PrimaryOnly> {
+    pub(crate) inner: Arc<Inner<P, C, R, Q>>,
     pub(crate) committer: GroupCommitter,
 }
 
-impl<P, C, R> Clone for AuditClient<P, C, R> {
+impl<P, C, R, Q> Clone for AuditClient<P, C, R, Q> {
     fn clone(&self) -> Self {
         Self { inner: self.inner.clone(), committer: self.committer.clone() }
     }
 }
 
-impl<P, C, R> std::fmt::Debug for AuditClient<P, C, R> {
+impl<P, C, R, Q> std::fmt::Debug for AuditClient<P, C, R, Q> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditClient").field("target", &self.inner.connector.target()).finish_non_exhaustive()
+    }
+}
+
+impl<P, C, R> AuditClient<P, C, R, PrimaryOnly>
+where
+    P: PartitionProvisioner,
+    C: QueryCache,
+    R: ResiliencePolicy,
+{
+    /// Connects to `url` and starts the group-commit writer; every read goes to the primary (see
+    /// [`AuditClient::connect_with_router`] for read replicas). The database must answer within
+    /// `maxConnectionAttempts` attempts of `connectionTimeout` each (a down database fails fast, naming where we
+    /// tried and how often). Migrations are not run here: see `audit_pg::run_migrations`.
+    pub async fn connect(config: ClientConfig, url: &str, partitions: P, cache: C, policy: R) -> AuditResult<Self> {
+        Self::connect_with_router(config, url, partitions, cache, policy, PrimaryOnly).await
     }
 }
 
@@ -77,16 +98,24 @@ pub(crate) fn now_micros() -> chrono::DateTime<Utc> {
     truncate_to_micros(Utc::now())
 }
 
-impl<P, C, R> AuditClient<P, C, R>
+impl<P, C, R, Q> AuditClient<P, C, R, Q>
 where
     P: PartitionProvisioner,
     C: QueryCache,
     R: ResiliencePolicy,
+    Q: ReadRouter<PooledConn>,
 {
-    /// Connects to `url` and starts the group-commit writer. The database must answer within
-    /// `maxConnectionAttempts` attempts of `connectionTimeout` each (a down database fails fast, naming where we
-    /// tried and how often). Migrations are not run here: see `audit_pg::run_migrations`.
-    pub async fn connect(config: ClientConfig, url: &str, partitions: P, cache: C, policy: R) -> AuditResult<Self> {
+    /// Connects to `url` (the primary; a libpq multi-host URL with `target_session_attrs=read-write` follows a
+    /// failover) and starts the group-commit writer. Reads other than [`Consistency::Strong`] ones are offered to
+    /// `router` first. Otherwise as [`AuditClient::connect`].
+    pub async fn connect_with_router(
+        config: ClientConfig,
+        url: &str,
+        partitions: P,
+        cache: C,
+        policy: R,
+        router: Q,
+    ) -> AuditResult<Self> {
         let connector = Connector::new(url, config.database.connect_options("primary"))?;
         let pool_options = config.database.pool_options();
         let read_pool = build_pool(connector.clone(), &pool_options)?;
@@ -106,6 +135,7 @@ where
             partitions,
             cache,
             policy,
+            router,
             validator,
             known_months: Default::default(),
             ops,
@@ -163,7 +193,7 @@ where
     /// WAL position of this client's latest commit (`None` before the first): the token a read on a replica must
     /// have replayed to see this client's writes.
     pub fn last_commit_lsn(&self) -> Option<CommitLsn> {
-        Some(self.inner.last_commit_lsn.load(Ordering::Acquire)).filter(|v| *v > 0).map(CommitLsn)
+        self.inner.last_commit()
     }
 
     /// Stores one event and returns once it is committed. Concurrent calls share transactions (group commit).
@@ -187,9 +217,10 @@ where
 
     async fn submit(&self, event: NewEvent) -> AuditResult<Ack> {
         let event_id = event.event_id;
-        match self.committer.submit(PreparedEvent::new(event, now_micros())).await? {
-            WriteOutcome::Stored { id, seq } => Ok(Ack::Stored { event_id, id, seq }),
-            WriteOutcome::Duplicate => Ok(Ack::Duplicate { event_id }),
+        let (outcome, commit_lsn) = self.committer.submit(PreparedEvent::new(event, now_micros())).await?;
+        match outcome {
+            WriteOutcome::Stored { id, seq } => Ok(Ack::Stored { event_id, id, seq, commit_lsn }),
+            WriteOutcome::Duplicate => Ok(Ack::Duplicate { event_id, commit_lsn }),
             WriteOutcome::Rejected(r) => {
                 let e = AuditError::invalid(r.reason);
                 Err(match r.sqlstate {
@@ -243,76 +274,121 @@ where
         }
         let mut chunks = chunks.into_iter();
         let mut next = chunks.next().map(prepare);
+        let mut batch_lsn: Option<CommitLsn> = None;
         while let Some(pending) = next.take() {
             let (idx, prepared): (Vec<usize>, Vec<PreparedEvent>) =
                 pending.await.map_err(|e| AuditError::permanent(format!("preparing events failed: {e}")))?;
             next = chunks.next().map(prepare);
             let ids: Vec<Uuid> = prepared.iter().map(|p| p.event.event_id).collect();
-            let outcomes = self.inner.store(prepared, Atomicity::PerEvent).await?;
+            let (outcomes, commit_lsn) = self.inner.store(prepared, Atomicity::PerEvent).await?;
+            batch_lsn = batch_lsn.max(commit_lsn);
             for ((i, event_id), o) in idx.into_iter().zip(ids).zip(outcomes) {
                 items[i] = Some(match o {
-                    WriteOutcome::Stored { id, seq } => BatchItem::Ok(Ack::Stored { event_id, id, seq }),
-                    WriteOutcome::Duplicate => BatchItem::Ok(Ack::Duplicate { event_id }),
+                    WriteOutcome::Stored { id, seq } => BatchItem::Ok(Ack::Stored { event_id, id, seq, commit_lsn }),
+                    WriteOutcome::Duplicate => BatchItem::Ok(Ack::Duplicate { event_id, commit_lsn }),
                     WriteOutcome::Rejected(r) => BatchItem::Rejected(r),
                 });
             }
         }
         Ok(BatchReport {
             items: items.into_iter().map(|i| i.expect("every item decided")).collect(),
-            commit_lsn: self.last_commit_lsn(),
+            commit_lsn: batch_lsn,
         })
     }
 
-    /// One page of events matching `filter`, newest first, through the cache.
+    /// One page of events matching `filter`, newest first, at the default consistency (read-your-writes: this
+    /// client's own commits are seen, from a replica that has replayed them or from the primary).
     pub fn query(
         &self,
         filter: &EventFilter,
-    ) -> impl Future<Output = AuditResult<QueryAnswer>> + Send + 'static + use<P, C, R> {
+    ) -> impl Future<Output = AuditResult<QueryAnswer>> + Send + 'static + use<P, C, R, Q> {
+        self.query_with(filter, Consistency::default())
+    }
+
+    /// One page of events matching `filter`, newest first, as fresh as `consistency` asks. Strong reads and reads
+    /// no replica may serve go through the cache to the primary; a replica's answer bypasses the cache (it is only
+    /// as fresh as asked, and the cache promises every later reader the primary's freshness).
+    pub fn query_with(
+        &self,
+        filter: &EventFilter,
+        consistency: Consistency,
+    ) -> impl Future<Output = AuditResult<QueryAnswer>> + Send + 'static + use<P, C, R, Q> {
         // Owned from here on: a future that names no caller lifetime is one rustc can prove `Send` through the
         // cache's generic `get_or_load` (borrowed closures there run into its higher-ranked auto-trait limits).
         let (client, filter) = (self.clone(), filter.clone());
         async move {
             let ops = client.inner.clone();
-            ops.ops.observe(Operation::Query, client.query_cached(filter)).await
+            ops.ops.observe(Operation::Query, client.query_cached(filter, consistency)).await
         }
     }
 
-    async fn query_cached(self, filter: EventFilter) -> AuditResult<QueryAnswer> {
+    async fn query_cached(self, filter: EventFilter, consistency: Consistency) -> AuditResult<QueryAnswer> {
         filter.effective_limit()?;
         let filter = Arc::new(filter.normalized());
         let started = Instant::now();
-        let (from_micros, to_micros) = filter.time.bounds_micros();
-        let scope = QueryScope { organization_id: filter.organization_id.clone(), from_micros, to_micros };
-        let key = filter.canonical_key();
-        let load = self.inner.read(move |mut conn| {
+        let op = {
             let filter = filter.clone();
-            async move { reader::query(&mut conn, &filter).await }
-        });
-        let (page, tier) = self.inner.cache.get_or_load(&scope, &key, move || load).await?;
+            Arc::new(move |mut conn: PooledConn| {
+                let filter = filter.clone();
+                async move { reader::query(&mut conn, &filter).await }
+            })
+        };
+        let (page, tier, route) = match self.inner.try_replica(consistency, op.clone()).await? {
+            Some((page, route)) => (Arc::new(page), CacheTier::Db, route),
+            None => {
+                let (from_micros, to_micros) = filter.time.bounds_micros();
+                let scope = QueryScope { organization_id: filter.organization_id.clone(), from_micros, to_micros };
+                let key = filter.canonical_key();
+                let load = self.inner.read_primary(op);
+                let (page, tier) = self.inner.cache.get_or_load(&scope, &key, move || load).await?;
+                (page, tier, if tier == CacheTier::Db { ReadRoute::Primary } else { ReadRoute::Cache })
+            }
+        };
         metrics::counter!(audit_core::metrics::QUERIES, "tier" => tier.as_str()).increment(1);
         tracing::info!(
             cache = %tier.as_str(),
+            route = %route,
             rows = page.events.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
             "query answered"
         );
-        Ok(QueryAnswer { page, tier })
+        Ok(QueryAnswer { page, tier, route })
     }
 
-    /// How many events match `filter` (uncached; paging fields are ignored).
+    /// How many events match `filter` (uncached; paging fields are ignored), at the default consistency.
     pub async fn count(&self, filter: &EventFilter) -> AuditResult<i64> {
+        self.count_with(filter, Consistency::default()).await
+    }
+
+    /// How many events match `filter`, as fresh as `consistency` asks.
+    pub async fn count_with(&self, filter: &EventFilter, consistency: Consistency) -> AuditResult<i64> {
         let shared = Arc::new(filter.normalized());
-        let count = self.inner.read(move |mut conn| {
+        let count = self.inner.read_routed(consistency, move |mut conn| {
             let filter = shared.clone();
             async move { reader::count(&mut conn, &filter).await }
         });
-        self.inner.ops.observe(Operation::Count, count).await
+        let (n, route) = self.inner.ops.observe(Operation::Count, count).await?;
+        tracing::info!(route = %route, "count answered");
+        Ok(n)
     }
 
-    /// The event with this id, if stored.
+    /// The event with this id, if stored, at the default consistency.
     pub async fn get(&self, event_id: Uuid) -> AuditResult<Option<StoredEvent>> {
-        let get = self.inner.read(move |mut conn| async move { reader::get(&mut conn, event_id).await });
-        self.inner.ops.observe(Operation::Get, get).await
+        self.get_with(event_id, Consistency::default()).await
+    }
+
+    /// The event with this id, if stored, as fresh as `consistency` asks.
+    pub async fn get_with(&self, event_id: Uuid, consistency: Consistency) -> AuditResult<Option<StoredEvent>> {
+        let get =
+            self.inner.read_routed(consistency, move |mut conn| async move { reader::get(&mut conn, event_id).await });
+        let (found, route) = self.inner.ops.observe(Operation::Get, get).await?;
+        tracing::info!(route = %route, found = found.is_some(), "get answered");
+        Ok(found)
+    }
+
+    /// The read router (replica status for operators: `audit-db replicas status`).
+    pub fn router(&self) -> &Q {
+        &self.inner.router
     }
 
     /// Number of write transactions this client has committed (group commit makes it far smaller than the number
@@ -322,18 +398,20 @@ where
     }
 }
 
-impl<P, C, R> Inner<P, C, R>
+impl<P, C, R, Q> Inner<P, C, R, Q>
 where
     P: PartitionProvisioner,
     C: QueryCache,
     R: ResiliencePolicy,
+    Q: ReadRouter<PooledConn>,
 {
-    /// Runs a read on a pooled connection under the resilience policy (each attempt checks a connection out).
-    /// Everything it holds is owned, so the future is `Send + 'static` whatever the caller borrows.
-    pub(crate) fn read<T, F, Fut>(
+    /// Runs a read on a replica when the router may serve it at `consistency`, otherwise on the primary; returns
+    /// the value and who answered. Everything it holds is owned, so the future is `Send + 'static`.
+    pub(crate) fn read_routed<T, F, Fut>(
         self: &Arc<Self>,
+        consistency: Consistency,
         op: F,
-    ) -> impl Future<Output = AuditResult<T>> + Send + 'static + use<P, C, R, T, F, Fut>
+    ) -> impl Future<Output = AuditResult<(T, ReadRoute)>> + Send + 'static + use<P, C, R, Q, T, F, Fut>
     where
         T: Send + 'static,
         F: Fn(PooledConn) -> Fut + Send + Sync + 'static,
@@ -342,6 +420,52 @@ where
         let inner = self.clone();
         let op = Arc::new(op);
         async move {
+            if let Some(answer) = inner.try_replica(consistency, op.clone()).await? {
+                return Ok(answer);
+            }
+            Ok((inner.read_primary(op).await?, ReadRoute::Primary))
+        }
+    }
+
+    /// Offers a read to the router unless it must see the primary (`Strong`) or no replica is configured;
+    /// `Ok(None)`: run it on the primary. Read-your-writes always includes this client's own last commit.
+    pub(crate) async fn try_replica<T, F, Fut>(
+        &self,
+        consistency: Consistency,
+        op: Arc<F>,
+    ) -> AuditResult<Option<(T, ReadRoute)>>
+    where
+        T: Send + 'static,
+        F: Fn(PooledConn) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = AuditResult<T>> + Send + 'static,
+    {
+        if consistency == Consistency::Strong || !self.router.has_replicas() {
+            return Ok(None);
+        }
+        let consistency = match consistency {
+            Consistency::ReadYourWrites(given) => Consistency::ReadYourWrites(given.max(self.last_commit())),
+            other => other,
+        };
+        match self.router.read(consistency, move |conn| op(conn)).await? {
+            Routed::Replica { id, value } => Ok(Some((value, ReadRoute::Replica(id)))),
+            Routed::Primary => Ok(None),
+        }
+    }
+
+    /// Runs a read on a pooled connection to the primary under the resilience policy (each attempt checks a
+    /// connection out). Everything it holds is owned, so the future is `Send + 'static` whatever the caller borrows.
+    pub(crate) fn read_primary<T, F, Fut>(
+        self: &Arc<Self>,
+        op: Arc<F>,
+    ) -> impl Future<Output = AuditResult<T>> + Send + 'static + use<P, C, R, Q, T, F, Fut>
+    where
+        T: Send + 'static,
+        F: Fn(PooledConn) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = AuditResult<T>> + Send + 'static,
+    {
+        let inner = self.clone();
+        async move {
+            metrics::counter!(audit_core::metrics::REPLICA_ROUTED_QUERIES, "target" => "primary").increment(1);
             let attempt_inner = inner.clone();
             inner
                 .policy
@@ -357,6 +481,11 @@ where
         }
     }
 
+    /// This client's newest commit position, if it committed anything.
+    pub(crate) fn last_commit(&self) -> Option<CommitLsn> {
+        Some(self.last_commit_lsn.load(Ordering::Acquire)).filter(|v| *v > 0).map(CommitLsn)
+    }
+
     /// Remembers the newest commit position (positions only grow).
     pub(crate) fn note_commit(&self, lsn: Option<CommitLsn>) {
         if let Some(l) = lsn {
@@ -367,11 +496,12 @@ where
 
 /// Runs partition maintenance every `every` for as long as the client lives (`partition.autoMaintenance`), so a
 /// library user gets what `serve` gets. A failed round is logged and tried again next time.
-fn spawn_maintenance<P, C, R>(inner: std::sync::Weak<Inner<P, C, R>>, every: Duration)
+fn spawn_maintenance<P, C, R, Q>(inner: std::sync::Weak<Inner<P, C, R, Q>>, every: Duration)
 where
     P: PartitionProvisioner,
     C: QueryCache,
     R: ResiliencePolicy,
+    Q: ReadRouter<PooledConn>,
 {
     tracing::info!(every_s = every.as_secs(), "partition maintenance runs in the background");
     tokio::spawn(async move {

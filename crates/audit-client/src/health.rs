@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use audit_core::ReadRouter;
 use audit_core::traits::{ComponentHealth, HealthState, PartitionProvisioner, QueryCache, ResiliencePolicy};
-use audit_pg::{checkout, pg_error};
+use audit_pg::{PooledConn, checkout, pg_error};
 use serde::Serialize;
 
 use crate::client::AuditClient;
@@ -24,21 +25,24 @@ pub struct HealthReport {
     pub metrics: serde_json::Value,
 }
 
-impl<P, C, R> AuditClient<P, C, R>
+impl<P, C, R, Q> AuditClient<P, C, R, Q>
 where
     P: PartitionProvisioner,
     C: QueryCache,
     R: ResiliencePolicy,
+    Q: ReadRouter<PooledConn>,
 {
     /// The health report: primary reachability and latency, writer queue, cache and its dependencies, breakers,
-    /// counters.
+    /// read replicas (`replica:<id>`: only ever degrade the service, reads then go elsewhere), counters.
     pub async fn health(&self) -> HealthReport {
         let mut components = BTreeMap::new();
         let primary = self.primary_health().await;
         components.insert(primary.name.clone(), primary);
         let writer = self.writer_health();
         components.insert(writer.name.clone(), writer);
-        for c in self.inner.cache.health().into_iter().chain(self.inner.policy.health()) {
+        let (cache, policy, router) =
+            (self.inner.cache.health(), self.inner.policy.health(), self.inner.router.health());
+        for c in cache.into_iter().chain(policy).chain(router) {
             components.insert(c.name.clone(), c);
         }
         // A cache that reports no `cache` component of its own (the null cache) still shows its counters.

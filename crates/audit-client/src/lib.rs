@@ -2,7 +2,7 @@
 //! queries with keyset paging, transactions, health.
 //!
 //! Architecture invariant: depends on other audit-db crates only through the traits of `audit-core`
-//! (`PartitionProvisioner`, `QueryCache`, `ResiliencePolicy`), plus the shared foundations audit-pg (the one
+//! (`PartitionProvisioner`, `QueryCache`, `ResiliencePolicy`, `ReadRouter`), plus the shared foundations audit-pg (the one
 //! PostgreSQL layer) and audit-integrity (the leaf hash every row carries).
 
 #![warn(missing_docs, clippy::print_stdout, clippy::print_stderr)]
@@ -19,6 +19,7 @@ mod transaction;
 mod writer;
 
 pub use ack::{Ack, BatchItem, BatchReport, CommitLsn, QueryAnswer, Rejection};
+pub use audit_core::{Consistency, PrimaryOnly, ReadRoute};
 pub use client::{AuditClient, BoxFuture, ClientConfig};
 pub use config::IngestConfig;
 pub use health::HealthReport;

@@ -6,11 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use audit_core::ReadRouter;
 use audit_core::traits::{PartitionProvisioner, QueryCache, ResiliencePolicy, WriteMark};
 use audit_core::{AuditError, AuditResult, ErrorClass, ErrorKind, RetrySchedule};
+use audit_pg::PooledConn;
 use backon::Retryable as _;
 use chrono::{DateTime, Datelike, Utc};
 
+use crate::ack::CommitLsn;
 use crate::client::{EarlierIds, Inner};
 use crate::writer::{Atomicity, DuplicateCheck, PreparedEvent, WriteOutcome, write_isolating};
 
@@ -19,18 +22,20 @@ fn month_key(t: DateTime<Utc>) -> i32 {
     t.year() * 12 + t.month0() as i32
 }
 
-impl<P, C, R> Inner<P, C, R>
+impl<P, C, R, Q> Inner<P, C, R, Q>
 where
     P: PartitionProvisioner,
     C: QueryCache,
     R: ResiliencePolicy,
+    Q: ReadRouter<PooledConn>,
 {
     /// Stores a batch: partitions, one transaction under the resilience policy, cache invalidation, counters.
+    /// Returns the outcomes and the WAL position of the commit (`None` when nothing was committed).
     pub(crate) async fn store(
         self: &Arc<Self>,
         events: Vec<PreparedEvent>,
         atomicity: Atomicity,
-    ) -> AuditResult<Vec<WriteOutcome>> {
+    ) -> AuditResult<(Vec<WriteOutcome>, Option<CommitLsn>)> {
         let n = events.len();
         self.patiently(atomicity, n, || self.ensure_partitions(&events, false)).await?;
         let events = Arc::new(events);
@@ -44,9 +49,9 @@ where
             self.ensure_partitions(&events, true).await?;
             attempt = self.patiently(atomicity, n, || self.store_once(&events, &earlier, atomicity)).await;
         }
-        let outcomes = attempt?;
+        let (outcomes, lsn) = attempt?;
         self.after_commit(&events, &outcomes).await;
-        Ok(outcomes)
+        Ok((outcomes, lsn))
     }
 
     /// What follows every commit, before the writers are acknowledged: the cache learns what was written (so no
@@ -157,7 +162,7 @@ where
         events: &Arc<Vec<PreparedEvent>>,
         earlier: &EarlierIds,
         atomicity: Atomicity,
-    ) -> AuditResult<Vec<WriteOutcome>> {
+    ) -> AuditResult<(Vec<WriteOutcome>, Option<CommitLsn>)> {
         let (me, events, earlier) = (self.clone(), events.clone(), earlier.clone());
         let (outcomes, lsn) = self
             .policy
@@ -181,6 +186,6 @@ where
             })
             .await?;
         self.note_commit(lsn);
-        Ok(outcomes)
+        Ok((outcomes, lsn))
     }
 }

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use audit_core::traits::{PartitionProvisioner, QueryCache, ResiliencePolicy};
-use audit_core::{AuditError, AuditResult, ErrorClass, EventFilter, NewEvent, Page, StoredEvent};
+use audit_core::{
+    AuditError, AuditResult, ErrorClass, EventFilter, NewEvent, Page, PrimaryOnly, ReadRouter, StoredEvent,
+};
 use audit_pg::{PooledConn, checkout, pg_error};
 use chrono::Utc;
 use uuid::Uuid;
@@ -21,11 +23,12 @@ use crate::observe::Operation;
 use crate::reader;
 use crate::writer::{Atomicity, DuplicateCheck, PreparedEvent, WriteOutcome, current_wal_lsn, write_in_transaction};
 
-impl<P, C, R> AuditClient<P, C, R>
+impl<P, C, R, Q> AuditClient<P, C, R, Q>
 where
     P: PartitionProvisioner,
     C: QueryCache,
     R: ResiliencePolicy,
+    Q: ReadRouter<PooledConn>,
 {
     /// Runs `work` inside one database transaction: its inserts are visible to its own reads, and they commit
     /// together when `work` returns `Ok` (then the value is returned), or not at all when it returns `Err` (then
@@ -82,7 +85,7 @@ where
     }
 
     /// Starts a collecting transaction: events added to it are committed together, or not at all.
-    pub fn begin(&self) -> Transaction<'_, P, C, R> {
+    pub fn begin(&self) -> Transaction<'_, P, C, R, Q> {
         Transaction { client: self, events: Vec::new() }
     }
 }
@@ -95,15 +98,16 @@ trait ScopeHost: Send + Sync {
     fn read_pool_check(&self) -> (audit_pg::PgPool, std::time::Duration);
 }
 
-struct ScopeClient<P, C, R> {
-    inner: Arc<Inner<P, C, R>>,
+struct ScopeClient<P, C, R, Q> {
+    inner: Arc<Inner<P, C, R, Q>>,
 }
 
-impl<P, C, R> ScopeHost for ScopeClient<P, C, R>
+impl<P, C, R, Q> ScopeHost for ScopeClient<P, C, R, Q>
 where
     P: PartitionProvisioner,
     C: QueryCache,
     R: ResiliencePolicy,
+    Q: ReadRouter<PooledConn>,
 {
     fn validate(&self, event: serde_json::Value) -> AuditResult<NewEvent> {
         self.inner.validator.validate_value(event, Utc::now()).map_err(|e| {
@@ -156,8 +160,8 @@ impl TransactionScope {
             .pop()
             .expect("one outcome per event");
         let ack = match &outcome {
-            WriteOutcome::Stored { id, seq } => Ack::Stored { event_id, id: *id, seq: *seq },
-            WriteOutcome::Duplicate => Ack::Duplicate { event_id },
+            WriteOutcome::Stored { id, seq } => Ack::Stored { event_id, id: *id, seq: *seq, commit_lsn: None },
+            WriteOutcome::Duplicate => Ack::Duplicate { event_id, commit_lsn: None },
             WriteOutcome::Rejected(r) => return Err(AuditError::invalid(r.reason.clone())),
         };
         self.written.extend(prepared.into_iter().map(|p| (p, outcome.clone())));
@@ -232,22 +236,23 @@ impl TransactionScope {
 }
 
 /// Events collected to be committed together. Dropping it without `commit` stores nothing.
-pub struct Transaction<'c, P, C, R> {
-    client: &'c AuditClient<P, C, R>,
+pub struct Transaction<'c, P, C, R, Q = PrimaryOnly> {
+    client: &'c AuditClient<P, C, R, Q>,
     events: Vec<NewEvent>,
 }
 
-impl<P, C, R> std::fmt::Debug for Transaction<'_, P, C, R> {
+impl<P, C, R, Q> std::fmt::Debug for Transaction<'_, P, C, R, Q> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transaction").field("events", &self.events.len()).finish()
     }
 }
 
-impl<P, C, R> Transaction<'_, P, C, R>
+impl<P, C, R, Q> Transaction<'_, P, C, R, Q>
 where
     P: PartitionProvisioner,
     C: QueryCache,
     R: ResiliencePolicy,
+    Q: ReadRouter<PooledConn>,
 {
     /// Validates and adds an event; returns its `event_id`. A validation error leaves the transaction usable.
     pub fn insert(&mut self, event: serde_json::Value) -> AuditResult<Uuid> {
@@ -269,13 +274,13 @@ where
                 let prepared: Vec<PreparedEvent> =
                     events.into_iter().map(|e| PreparedEvent::new(e, ingested_at)).collect();
                 let ids: Vec<Uuid> = prepared.iter().map(|p| p.event.event_id).collect();
-                let outcomes = inner.store(prepared, Atomicity::AllOrNothing).await?;
+                let (outcomes, commit_lsn) = inner.store(prepared, Atomicity::AllOrNothing).await?;
                 Ok(ids
                     .into_iter()
                     .zip(outcomes)
                     .map(|(event_id, o)| match o {
-                        WriteOutcome::Stored { id, seq } => Ack::Stored { event_id, id, seq },
-                        _ => Ack::Duplicate { event_id },
+                        WriteOutcome::Stored { id, seq } => Ack::Stored { event_id, id, seq, commit_lsn },
+                        _ => Ack::Duplicate { event_id, commit_lsn },
                     })
                     .collect())
             })

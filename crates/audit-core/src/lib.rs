@@ -11,6 +11,7 @@ pub mod event;
 pub mod filter;
 pub mod metrics;
 pub mod retry;
+pub mod routing;
 pub mod traits;
 pub mod validate;
 
@@ -18,5 +19,6 @@ pub use error::{AuditError, AuditResult, ErrorClass, ErrorKind, SqlState, classi
 pub use event::{DataClassification, NewEvent, Status, StoredEvent};
 pub use filter::{Cursor, EventFilter, Page, TimeRange};
 pub use retry::RetrySchedule;
+pub use routing::{CommitLsn, Consistency, PrimaryOnly, ReadRoute, ReadRouter, Routed};
 pub use traits::*;
 pub use validate::{ValidationError, Validator};

@@ -29,3 +29,15 @@ pub const LOAD_SHED: &str = "audit_db_load_shed_total";
 pub const WRITE_WAITS: &str = "audit_db_write_waits_total";
 /// Queries answered, labelled `tier` (l1, l2, db).
 pub const QUERIES: &str = "audit_db_queries_total";
+/// WAL bytes a read replica has not replayed yet (against the primary's current position), labelled `replica`.
+pub const REPLICA_LAG_BYTES: &str = "audit_db_replica_lag_bytes";
+/// How far behind a read replica's replayed state is, seconds (0 when it has replayed everything the primary
+/// wrote, however long ago the last commit was), labelled `replica`.
+pub const REPLICA_LAG_SECONDS: &str = "audit_db_replica_lag_seconds";
+/// 1 while a read replica is eligible for reads, 0 while excluded, labelled `replica`.
+pub const REPLICA_HEALTHY: &str = "audit_db_replica_healthy";
+/// Reads served, labelled `target` (a replica id or `primary`).
+pub const REPLICA_ROUTED_QUERIES: &str = "audit_db_replica_routed_queries_total";
+/// Times a read replica was taken out of rotation, labelled `replica` and `reason` (down, lagging, promoted,
+/// read_failed).
+pub const REPLICA_EXCLUSIONS: &str = "audit_db_replica_exclusions_total";

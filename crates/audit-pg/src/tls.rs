@@ -517,9 +517,13 @@ impl PgConnector {
                 }
             }
         };
-        match tokio::time::timeout(self.connect_timeout, attempt).await {
+        // A libpq multi-host URL tries its hosts in turn, each within the connect timeout (a failover's old primary
+        // may hang before the new one answers): the whole attempt gets one timeout per host.
+        let hosts = self.config.get_hosts().len().max(self.config.get_hostaddrs().len()).max(1);
+        let timeout = self.connect_timeout.saturating_mul(u32::try_from(hosts).unwrap_or(u32::MAX));
+        match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
-            Err(_) => Err(ConnectError::Timeout { target: self.target(), timeout: self.connect_timeout }),
+            Err(_) => Err(ConnectError::Timeout { target: self.target(), timeout }),
         }
     }
 

@@ -17,9 +17,10 @@ pub mod names {
     /// Maintenance jobs (partition creation, retention, index work).
     pub const MAINTENANCE: &str = "maintenance";
 
-    /// The n-th read replica (1-based, as `AUDIT_DB_READ_REPLICA_<n>`): `replica-<n>`.
-    pub fn replica(n: usize) -> String {
-        format!("replica-{n}")
+    /// The read replica with this id (`replica-1` for `AUDIT_DB_READ_REPLICA_1`, or a `[[replicas]]` id):
+    /// `replica:<id>`, as its pool's errors and the `audit_db_circuit_breaker_state` label name it.
+    pub fn replica(id: &str) -> String {
+        format!("replica:{id}")
     }
 }
 
@@ -85,7 +86,7 @@ mod tests {
         let reg = BreakerRegistry::from_config(&CircuitBreakerConfig { failure_threshold: 1, ..Default::default() });
         let p = reg.get_or_create(names::PRIMARY);
         assert!(Arc::ptr_eq(&p, &reg.get_or_create("primary")));
-        reg.get_or_create(&names::replica(1));
+        reg.get_or_create(&names::replica("replica-1"));
         reg.get_or_create(names::REDIS);
         assert!(reg.get(names::MAINTENANCE).is_none());
         p.try_acquire().unwrap().failed(&AuditError::unavailable("gone"));
@@ -96,7 +97,7 @@ mod tests {
             [
                 ("breaker:primary", HealthState::Unhealthy),
                 ("breaker:redis", HealthState::Healthy),
-                ("breaker:replica-1", HealthState::Healthy)
+                ("breaker:replica:replica-1", HealthState::Healthy)
             ]
         );
         assert_eq!(reg.statuses()[0].state, BreakerState::Open);

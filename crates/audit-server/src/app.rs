@@ -1,5 +1,5 @@
 //! Wiring: configuration from file and environment, the database (given or embedded), and the client with the
-//! concrete partition manager, cache and resilience policy.
+//! concrete partition manager, cache, resilience policy and read-replica router.
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,12 +11,16 @@ use audit_embedded::{ClusterOptions, PrivateCluster};
 use audit_integrity::store::IntegrityStore;
 use audit_partition::PartitionManager;
 use audit_pg::{Connector, build_pool, redact};
-use audit_resilience::{BreakerRegistry, Policy, RetrySchedule};
+use audit_replica::{ReplicaEndpoint, ReplicaRouter};
+use audit_resilience::{BreakerRegistry, Policy, RetrySchedule, names};
 
 use crate::config::AuditConfig;
 
 /// The client type the binary uses.
-pub type Client = AuditClient<PartitionManager<Policy>, TieredCache<Policy>, Policy>;
+pub type Client = AuditClient<PartitionManager<Policy>, TieredCache<Policy>, Policy, Router>;
+
+/// The read-replica router the binary uses (with no replicas configured, every read goes to the primary).
+pub type Router = ReplicaRouter<Policy>;
 
 /// Reads the optional TOML file and the process environment into a checked configuration.
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<AuditConfig> {
@@ -62,12 +66,6 @@ impl App {
         let (url, embedded) = resolve_database(&config).await?;
         let connector = Connector::new(&url, config.database.connect_options("primary"))?;
         let registry = BreakerRegistry::from_config(&config.circuit_breaker);
-        if !config.replicas.is_empty() {
-            tracing::warn!(
-                replicas = config.replicas.len(),
-                "AUDIT_DB_READ_REPLICA_N is set, but this version routes every read to the primary"
-            );
-        }
         connector.await_reachable(config.database.max_connection_attempts).await?;
         let app = Self { config, url, embedded, connector, registry };
         if app.embedded.is_some() {
@@ -131,6 +129,38 @@ impl App {
         Ok(IntegrityStore::new(pool, self.database_policy(), wait))
     }
 
+    /// The policy of one read replica: its own breaker (`replica:<id>`) and per-attempt timeout, and no retry —
+    /// the router tries another replica or the primary instead of waiting for this one.
+    pub fn replica_policy(&self, replica: &ReplicaEndpoint) -> Policy {
+        let db = &self.config.database;
+        Policy::for_database(
+            &self.config.circuit_breaker,
+            &self.registry,
+            &names::replica(&replica.id),
+            Duration::from_millis(db.connection_timeout),
+            Duration::from_millis(db.query_timeout),
+        )
+        .with_retry(RetrySchedule::none())
+    }
+
+    /// The read-replica router of `[replicaRouter]` and `[[replicas]]` (probes every replica once before
+    /// returning; a replica that does not answer starts excluded).
+    pub async fn router(&self) -> anyhow::Result<Router> {
+        if self.config.replicas.is_empty() {
+            return Ok(ReplicaRouter::without_replicas(self.connector.clone()));
+        }
+        let replicas = self.config.replicas.iter().map(|r| (r.clone(), self.replica_policy(r))).collect();
+        let router = ReplicaRouter::start(
+            self.config.replica_router.clone(),
+            &self.config.database,
+            self.connector.clone(),
+            replicas,
+        )
+        .await
+        .context("starting read-replica routing")?;
+        Ok(router)
+    }
+
     /// The client's share of the configuration.
     pub fn client_config(&self) -> ClientConfig {
         ClientConfig {
@@ -146,12 +176,13 @@ impl App {
         let redis_policy = Policy::from_config(&self.config.circuit_breaker, &self.registry, "redis")
             .with_retry(RetrySchedule::none());
         let cache = TieredCache::with_policy(&self.config.cache, audit_cache::CacheOptions::default(), redis_policy)?;
-        let client = AuditClient::connect(
+        let client = AuditClient::connect_with_router(
             self.client_config(),
             &self.url,
             self.partitions().await?,
             cache,
             self.database_policy(),
+            self.router().await?,
         )
         .await?;
         Ok(client)
@@ -164,6 +195,9 @@ impl App {
 fn client_futures_are_send(c: &Client, f: &audit_core::EventFilter) {
     fn is_send<T: Send>(_: T) {}
     is_send(c.query(f));
+    is_send(c.query_with(f, audit_core::Consistency::Eventual));
+    is_send(c.count(f));
+    is_send(c.get(uuid::Uuid::nil()));
     is_send(c.insert(serde_json::Value::Null));
     is_send(c.insert_batch(vec![]));
     is_send(c.health());

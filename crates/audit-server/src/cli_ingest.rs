@@ -102,10 +102,16 @@ pub(crate) async fn run(app: App, args: IngestArgs) -> anyhow::Result<ExitCode> 
     while let Some(done) = in_flight.pop_front() {
         settle(done, &mut counts, &progress).await?;
     }
-    let Counts { accepted, rejected, duplicates } = counts;
+    let Counts { accepted, rejected, duplicates, commit_lsn } = counts;
     reader.join().map_err(|_| anyhow::anyhow!("the input reader thread panicked"))?;
     progress.finish(accepted + duplicates + rejected);
-    println!("{}", serde_json::json!({"accepted": accepted, "rejected": rejected, "duplicates": duplicates}));
+    // `commit_lsn`: a read at this WAL position sees every line stored here (`audit-db query --min-lsn`).
+    println!(
+        "{}",
+        serde_json::json!({
+            "accepted": accepted, "rejected": rejected, "duplicates": duplicates, "commit_lsn": commit_lsn,
+        })
+    );
     Ok(if rejected > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }
 
@@ -122,11 +128,14 @@ struct Counts {
     accepted: u64,
     rejected: u64,
     duplicates: u64,
+    /// The latest commit's WAL position.
+    commit_lsn: Option<audit_client::CommitLsn>,
 }
 
 /// Waits for a chunk's transaction and accounts for every line of it.
 async fn settle(p: Pending, counts: &mut Counts, progress: &Progress) -> anyhow::Result<()> {
     let report = p.task.await.context("the storing task failed")?.context("storing events")?;
+    counts.commit_lsn = counts.commit_lsn.max(report.commit_lsn);
     for (k, (n, item)) in p.line_numbers.iter().zip(&report.items).enumerate() {
         match item {
             BatchItem::Ok(audit_client::Ack::Stored { .. }) => counts.accepted += 1,

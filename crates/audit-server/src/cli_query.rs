@@ -3,8 +3,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use audit_core::StoredEvent;
+use anyhow::bail;
 use audit_core::event::format_timestamp;
+use audit_core::{CommitLsn, Consistency, StoredEvent};
 use chrono::Utc;
 
 use audit_server::app::App;
@@ -33,17 +34,46 @@ pub(crate) struct QueryArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "ndjson")]
     pub format: Format,
+    /// How fresh the answer must be: `strong` (the primary), `read-your-writes` (a replica that has replayed
+    /// `--min-lsn`, else the primary), `eventual` (any replica within its lag bound), `bounded-staleness:<ms>`.
+    #[arg(long, default_value = "read-your-writes", value_parser = parse_consistency)]
+    pub consistency: Consistency,
+    /// WAL position the answer must include (the `commit_lsn` that `ingest` printed): implies read-your-writes.
+    #[arg(long, value_name = "LSN", value_parser = parse_lsn)]
+    pub min_lsn: Option<CommitLsn>,
+}
+
+fn parse_consistency(s: &str) -> Result<Consistency, String> {
+    s.parse()
+}
+
+fn parse_lsn(s: &str) -> Result<CommitLsn, String> {
+    s.parse()
+}
+
+impl QueryArgs {
+    /// The consistency of this query: `--min-lsn` is a read-your-writes position and goes with no other.
+    pub(crate) fn effective_consistency(&self) -> anyhow::Result<Consistency> {
+        match (self.consistency, self.min_lsn) {
+            (c, None) => Ok(c),
+            (Consistency::ReadYourWrites(_), Some(lsn)) => Ok(Consistency::ReadYourWrites(Some(lsn))),
+            (c, Some(_)) => {
+                bail!("--min-lsn is a read-your-writes position; it cannot be combined with --consistency {c}")
+            }
+        }
+    }
 }
 
 /// Runs the command.
 pub(crate) async fn run(app: App, args: QueryArgs) -> anyhow::Result<ExitCode> {
     let filter = args.filter.to_filter(Utc::now(), ParamNames::Cli)?;
+    let consistency = args.effective_consistency()?;
     let client = app.client().await?;
     if args.count {
-        println!("{}", client.count(&filter).await?);
+        println!("{}", client.count_with(&filter, consistency).await?);
         return Ok(ExitCode::SUCCESS);
     }
-    let answer = client.query(&filter).await?;
+    let answer = client.query_with(&filter, consistency).await?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     write_events(&mut out, args.format, &answer.page.events)?;

@@ -8,6 +8,7 @@ use audit_client::IngestConfig;
 use audit_integrity::IntegrityConfig;
 use audit_partition::{PartitionConfig, PartitionInterval, PartitionStrategy};
 use audit_pg::DatabaseConfig;
+use audit_replica::{ReplicaEndpoint, RouterConfig};
 use audit_resilience::CircuitBreakerConfig;
 use serde::{Deserialize, Serialize};
 
@@ -63,8 +64,11 @@ pub struct AuditConfig {
     pub ingest: IngestConfig,
     /// `[integrity]`
     pub integrity: IntegrityConfig,
-    /// Read replica URLs, in order (`AUDIT_DB_READ_REPLICA_1..N`).
-    pub replicas: Vec<String>,
+    /// `[replicaRouter]`: strategy, health-check interval, fallback to the primary, lag bounds.
+    pub replica_router: RouterConfig,
+    /// `[[replicas]]` (id, url, weight, maxLag), or `AUDIT_DB_READ_REPLICA_1..N` (ids `replica-1`, …), which
+    /// replace the file's list when set.
+    pub replicas: Vec<ReplicaEndpoint>,
 }
 
 fn parse<T: std::str::FromStr>(key: &str, raw: &str) -> Result<T, ConfigError> {
@@ -193,7 +197,9 @@ impl AuditConfig {
                 set(self, key, &v)?;
             }
         }
-        let replicas: Vec<String> = (1..).map_while(|i| get(&format!("{REPLICA_ENV_PREFIX}{i}"))).collect();
+        let replicas: Vec<ReplicaEndpoint> = (1..)
+            .map_while(|i| get(&format!("{REPLICA_ENV_PREFIX}{i}")).map(|url| ReplicaEndpoint::numbered(i, url)))
+            .collect();
         if !replicas.is_empty() {
             self.replicas = replicas;
         }
@@ -207,6 +213,8 @@ impl AuditConfig {
         self.cache.check().map_err(|(k, r)| cfg_err(k, r))?;
         self.circuit_breaker.check().map_err(|(k, r)| cfg_err(k, r))?;
         self.ingest.check().map_err(|(k, r)| cfg_err(k, r))?;
+        self.replica_router.check().map_err(|(k, r)| cfg_err(k, r))?;
+        audit_replica::check_replicas(&self.replicas).map_err(|(k, r)| cfg_err(k, r))?;
         Ok(())
     }
 }
@@ -229,6 +237,7 @@ mod tests {
         assert_eq!(c.cache.default_ttl, 60);
         assert_eq!(c.partition.interval, PartitionInterval::Yearly);
         assert_eq!(c.replicas.len(), 2);
+        assert_eq!((c.replicas[1].id.as_str(), c.replicas[1].url.as_str()), ("replica-2", "postgres://r2/db"));
 
         let e = AuditConfig::load(None, |k| (k == "AUDIT_DB_POOL_SIZE").then(|| "many".to_string())).unwrap_err();
         assert_eq!(e.key, "AUDIT_DB_POOL_SIZE");
@@ -238,6 +247,30 @@ mod tests {
         assert!(c.database.ssl, "TLS is asked for (crates/audit-pg/tests/tls.rs proves what it does)");
         let e = AuditConfig::load(None, |k| (k == "AUDIT_DB_PARTITION_INTERVAL").then(|| "weekly".into())).unwrap_err();
         assert_eq!(e.key, "AUDIT_DB_PARTITION_INTERVAL");
+    }
+
+    #[test]
+    fn replicas_come_from_the_file_or_the_numbered_variables() {
+        let toml = "[replicaRouter]\nstrategy = \"LEAST_LATENCY\"\nhealthCheckInterval = 500\nfallbackToMaster = false\n\
+                    [[replicas]]\nid = \"east\"\nurl = \"postgres://e/db\"\nweight = 3\nmaxLag = 2000\n\
+                    [[replicas]]\nid = \"west\"\nurl = \"postgres://w/db\"\n";
+        let c = AuditConfig::load(Some(toml), |_| None).unwrap();
+        assert_eq!(c.replica_router.strategy, audit_replica::Strategy::LeastLatency);
+        assert_eq!(c.replica_router.health_check_interval, 500);
+        assert!(!c.replica_router.fallback_to_master);
+        let ids: Vec<(&str, u32, Option<u64>)> =
+            c.replicas.iter().map(|r| (r.id.as_str(), r.weight, r.max_lag_ms)).collect();
+        assert_eq!(ids, [("east", 3, Some(2000)), ("west", 1, None)]);
+        // The numbered variables replace the file's list.
+        let env = |k: &str| (k == "AUDIT_DB_READ_REPLICA_1").then(|| "postgres://x/db".to_string());
+        let c = AuditConfig::load(Some(toml), env).unwrap();
+        assert_eq!(c.replicas, [ReplicaEndpoint::numbered(1, "postgres://x/db")]);
+        // Mistakes name the entry.
+        let dup = "[[replicas]]\nid = \"a\"\nurl = \"postgres://a/db\"\n[[replicas]]\nid = \"a\"\nurl = \"postgres://b/db\"\n";
+        assert_eq!(AuditConfig::load(Some(dup), |_| None).unwrap_err().key, "replicas[1].id");
+        let bad = "[replicaRouter]\nstrategy = \"fastest\"\n";
+        let e = AuditConfig::load(Some(bad), |_| None).unwrap_err();
+        assert!(e.to_string().contains("fastest"), "{e}");
     }
 
     #[test]

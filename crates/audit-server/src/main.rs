@@ -9,6 +9,7 @@ mod cli_ingest;
 mod cli_integrity;
 mod cli_partitions;
 mod cli_query;
+mod cli_replicas;
 mod demo;
 mod serve;
 
@@ -39,8 +40,9 @@ enum Command {
     },
     /// Store events from an NDJSON file (or `-` for stdin), one event per line in the seed's field names.
     ///
-    /// Prints `{"accepted":N,"rejected":M,"duplicates":D}` on stdout and `line N: <reason>` on stderr for each
-    /// rejected line. Exit 0 when every line was stored or a duplicate, 2 when some were rejected (the valid ones are
+    /// Prints `{"accepted":N,"rejected":M,"duplicates":D,"commit_lsn":"0/16B3F28"}` on stdout (a read at
+    /// `commit_lsn` sees every stored line: `query --min-lsn`) and `line N: <reason>` on stderr for each rejected
+    /// line. Exit 0 when every line was stored or a duplicate, 2 when some were rejected (the valid ones are
     /// stored), 1 on a fatal error.
     Ingest(cli_ingest::IngestArgs),
     /// Query stored events (newest first); prints `next_cursor=TOKEN` on stderr when more rows match.
@@ -57,6 +59,11 @@ enum Command {
     Partitions {
         #[command(subcommand)]
         command: cli_partitions::PartitionsCommand,
+    },
+    /// Read replicas: `status` shows each one's health, lag, latency and why it is excluded.
+    Replicas {
+        #[command(subcommand)]
+        command: cli_replicas::ReplicasCommand,
     },
     /// Manage the embedded private PostgreSQL cluster.
     Embedded {
@@ -144,6 +151,7 @@ async fn run(command: Command, config: AuditConfig) -> anyhow::Result<ExitCode> 
         Command::Partitions { command } => cli_partitions::run(App::open(config).await?, command).await,
         Command::Demo(args) => demo::run(App::open(config).await?, args).await,
         Command::Serve(args) => serve::run(App::open(config).await?, args).await,
+        Command::Replicas { command } => cli_replicas::run(App::open(config).await?, command).await,
         Command::Embedded { action } => {
             let dir = config.database.data_dir.clone();
             match action {

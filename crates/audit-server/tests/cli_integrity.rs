@@ -58,7 +58,7 @@ fn ingest(db: &TestDb, key: &Path, dir: &Path, name: &str, lines: &[Value]) {
     let file = cli::write_lines(dir, name, lines);
     let o = audit_db(db, key, &["ingest", file.to_str().unwrap()]);
     ok(&o, "ingest");
-    assert_eq!(cli::summary(&o), json!({"accepted": lines.len(), "rejected": 0, "duplicates": 0}));
+    assert_eq!(cli::counts(&cli::summary(&o)), json!({"accepted": lines.len(), "rejected": 0, "duplicates": 0}));
 }
 
 /// Writes a key with `audit-db keygen` and checks the files a user gets.

@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod proxy;
 pub mod redis;
+pub mod replication;
 
 use std::time::Duration;
 

@@ -83,6 +83,20 @@ pub fn summary(o: &Output) -> Value {
         .unwrap_or_else(|e| panic!("summary line is JSON ({e}): {out}\nstderr: {}", stderr(o)))
 }
 
+/// The counts of an `ingest` summary, after checking its `commit_lsn`: a WAL position (`16/B374D848`), or null when
+/// nothing was committed.
+pub fn counts(summary: &Value) -> Value {
+    let lsn = &summary["commit_lsn"];
+    let is_lsn = |s: &str| {
+        s.split_once('/')
+            .is_some_and(|(hi, lo)| u32::from_str_radix(hi, 16).is_ok() && u32::from_str_radix(lo, 16).is_ok())
+    };
+    assert!(lsn.is_null() || lsn.as_str().is_some_and(is_lsn), "commit_lsn is a WAL position or null: {summary}");
+    let mut counts = summary.clone();
+    counts.as_object_mut().expect("the summary is an object").remove("commit_lsn");
+    counts
+}
+
 /// Every non-empty stdout line as JSON (NDJSON output).
 pub fn json_lines(o: &Output) -> Vec<Value> {
     stdout(o)
