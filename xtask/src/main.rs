@@ -5,6 +5,8 @@
 //! * `cargo xtask bench [--quick] [--database-url URL] [--only NAME,...]` — the benchmark suite of
 //!   `docs/benchmarks.md`. It re-executes itself as `cargo run --release -p xtask -- bench-run …`, because the numbers
 //!   of an unoptimised build say nothing about the product; `bench-run` refuses to run in a debug build.
+//! * `cargo xtask ha-test` — a failover driven by Patroni and etcd while audit-db writes through a multi-host URL
+//!   (needs Debian's `patroni` and `etcd-server`; see `docs/replicas.md`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +15,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod ha;
 
 /// Developer tasks of audit-db.
 #[derive(Debug, Parser)]
@@ -34,6 +37,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run the benchmark suite in this process (what `bench` re-executes; refuses an unoptimised build).
     BenchRun(bench::BenchArgs),
+    /// Crash the leader of a Patroni + etcd pair of PostgreSQL nodes while audit-db writes through a multi-host URL;
+    /// check every event is on the new leader exactly once (needs `apt-get install patroni etcd-server`).
+    HaTest,
     /// Internal: fill an L1 cache in a fresh process and print its resident-memory growth as JSON.
     #[command(hide = true)]
     L1RssProbe(ProbeArgs),
@@ -64,6 +70,7 @@ fn main() -> ExitCode {
             })
         }),
         Command::BenchRun(args) => multi_thread().and_then(|rt| rt.block_on(bench::run(args))),
+        Command::HaTest => multi_thread().and_then(|rt| rt.block_on(ha::run())),
         Command::Migrate { database_url } => multi_thread().and_then(|rt| rt.block_on(migrate(database_url))),
     };
     match result {

@@ -300,7 +300,7 @@ pub(crate) async fn concurrent_inserts(
             for v in share {
                 match client.insert(v).await? {
                     Ack::Stored { .. } => {}
-                    Ack::Duplicate { event_id } => bail!("event {event_id} reported as a duplicate"),
+                    Ack::Duplicate { event_id, .. } => bail!("event {event_id} reported as a duplicate"),
                 }
             }
             Ok::<_, anyhow::Error>(())

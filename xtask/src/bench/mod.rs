@@ -10,6 +10,7 @@ pub(crate) mod ingest;
 pub(crate) mod integrity;
 pub(crate) mod measure;
 pub(crate) mod query;
+pub(crate) mod replica;
 pub(crate) mod report;
 pub(crate) mod retention;
 pub(crate) mod rows;
@@ -36,8 +37,8 @@ pub(crate) struct BenchArgs {
     /// cluster.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Run only these groups or measures (comma-separated): ingest, query, integrity, retention, cache, or any
-    /// measure name (its group runs).
+    /// Run only these groups or measures (comma-separated): ingest, query, integrity, retention, cache, replica, or
+    /// any measure name (its group runs).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Rows of the bulk ingest (overrides the mode's size; for trying the harness).
@@ -139,7 +140,7 @@ impl Sizes {
 }
 
 /// The experiment groups, in run order.
-pub(crate) const GROUPS: [&str; 5] = ["cache", "ingest", "query", "integrity", "retention"];
+pub(crate) const GROUPS: [&str; 6] = ["cache", "ingest", "query", "integrity", "retention", "replica"];
 
 /// Group of each measure name this harness emits with a target.
 pub(crate) const MEASURE_GROUPS: &[(&str, &str)] = &[
@@ -155,6 +156,9 @@ pub(crate) const MEASURE_GROUPS: &[(&str, &str)] = &[
     ("retention_drop_ratio_vs_delete", "retention"),
     ("retention_reader_max_block_ms", "retention"),
     ("l1_rss_ratio_vs_max_size", "cache"),
+    ("replica_read_scaling", "replica"),
+    ("replica_ryw_wait_p99_ms", "replica"),
+    ("replica_ryw_wait_p99_ms_waiting", "replica"),
 ];
 
 /// Resolves `--only` to a set of groups; unknown names are an error naming the valid ones.
@@ -323,6 +327,7 @@ async fn run_groups(ctx: &Ctx, groups: &[&str], measures: &mut Vec<Measure>) -> 
             }
             "integrity" => measures.extend(integrity::run(ctx, dataset.as_ref()).await?),
             "retention" => measures.extend(retention::run(ctx).await?),
+            "replica" => measures.extend(replica::run(ctx).await?),
             other => bail!("unknown group {other}"),
         }
     }
