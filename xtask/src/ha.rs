@@ -133,9 +133,14 @@ postgresql:
         )
     }
 
-    async fn start(&mut self) -> anyhow::Result<()> {
+    async fn start(&mut self, dir: &Path) -> anyhow::Result<()> {
         let log = std::fs::File::create(&self.log)?;
-        let mut cmd = as_postgres("patroni");
+        // Patroni itself is the child (not a `runuser` wrapper), so that killing the child kills Patroni: a Patroni
+        // left running would restart its PostgreSQL and keep the leader key.
+        let mut cmd = Command::new("patroni");
+        if let Some((uid, gid)) = postgres_ids()? {
+            cmd.uid(uid).gid(gid).env("HOME", dir).env("USER", "postgres");
+        }
         cmd.arg(&self.config).stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::from(log)).kill_on_drop(true);
         self.patroni = Some(cmd.spawn().context("starting patroni")?);
         Ok(())
@@ -168,6 +173,19 @@ postgresql:
         }
         let _ = pg_ctl(&self.data_dir, "immediate").await;
     }
+}
+
+/// The `postgres` OS user's uid and gid when we are root (PostgreSQL refuses to run as root), `None` otherwise.
+fn postgres_ids() -> anyhow::Result<Option<(u32, u32)>> {
+    if !is_root() {
+        return Ok(None);
+    }
+    let id = |flag: &str| -> anyhow::Result<u32> {
+        let out = std::process::Command::new("id").args([flag, "postgres"]).output()?;
+        ensure!(out.status.success(), "there is no `postgres` OS user to run PostgreSQL as");
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    };
+    Ok(Some((id("-u")?, id("-g")?)))
 }
 
 fn is_root() -> bool {
@@ -302,10 +320,10 @@ async fn scenario(dir: &Path, etcd: &mut Option<Child>, nodes: &mut Vec<Node>) -
         nodes.push(node);
     }
     chown_postgres(dir)?;
-    nodes[0].start().await?;
+    nodes[0].start(dir).await?;
     let first_leader =
         wait_until("node1 to bootstrap and lead", Duration::from_secs(120), || nodes[0].is("primary")).await?;
-    nodes[1].start().await?;
+    nodes[1].start(dir).await?;
     let standby = wait_until("node2 to stream as the synchronous standby", Duration::from_secs(180), || async {
         nodes[1].is("replica").await && nodes[1].is("sync").await
     })
