@@ -354,6 +354,8 @@ impl<R: ResiliencePolicy> ReplicaRouter<R> {
             probe_timeout,
         });
         if !shared.replicas.is_empty() {
+            // The primary's position first, so that the first lag figures have their reference.
+            shared.sample_primary().await;
             shared.probe_all().await;
             spawn_health_task(Arc::downgrade(&shared));
             tracing::info!(
@@ -430,10 +432,12 @@ fn spawn_health_task<R: ResiliencePolicy>(shared: Weak<Shared<R>>) {
 }
 
 impl<R: ResiliencePolicy> Shared<R> {
-    /// One health round: the primary's position, then every replica at once.
+    /// One health round: the primary's position and every replica, all at once (a primary that does not answer
+    /// must not delay the replicas' health — they matter most then; lag is computed against the newest position
+    /// known).
     async fn probe_all(&self) {
-        self.sample_primary().await;
-        futures::future::join_all(self.replicas.iter().map(|r| self.probe(r))).await;
+        let replicas = futures::future::join_all(self.replicas.iter().map(|r| self.probe(r)));
+        tokio::join!(self.sample_primary(), replicas);
     }
 
     /// Records the primary's WAL position (kept from earlier rounds while the primary does not answer: with no new

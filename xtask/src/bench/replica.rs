@@ -81,7 +81,7 @@ async fn client<Q: ReadRouter<PooledConn>>(
     router: Q,
 ) -> anyhow::Result<AuditClient<PartitionManager, NoCache, Direct, Q>> {
     let pm = PartitionManager::connect(&connector(url)?, PartitionConfig::default()).await?;
-    let config = ClientConfig { database: database_config(), ..ClientConfig::default() };
+    let config = ClientConfig { database: database_config(), slow_operation_ms: 10_000, ..ClientConfig::default() };
     Ok(AuditClient::connect_with_router(config, url, pm, NoCache, Direct, router).await?)
 }
 
