@@ -19,7 +19,7 @@ mod transaction;
 mod writer;
 
 pub use ack::{Ack, BatchItem, BatchReport, CommitLsn, QueryAnswer, Rejection};
-pub use client::{AuditClient, BoxFuture, ClientConfig};
+pub use client::{AuditClient, BoxFuture, ClientConfig, PoolUse};
 pub use config::IngestConfig;
 pub use health::HealthReport;
 pub use transaction::{Transaction, TransactionScope};

@@ -10,4 +10,5 @@ pub mod app;
 pub mod config;
 pub mod filter_params;
 pub mod http;
+pub mod telemetry;
 pub mod workload;
