@@ -141,8 +141,6 @@ metrics! {
     /// Maintenance rounds.
     MAINTENANCE_RUNS = "audit_db_partition_maintenance_runs_total", Counter, ["result"],
         "Partition maintenance rounds (ran, skipped: another instance held the lock)";
-    /// Bytes archived.
-    ARCHIVED_BYTES = "audit_db_archived_bytes_total", Counter, [], "Bytes written to the retention archive";
     /// Archive free space.
     ARCHIVE_FREE_BYTES = "audit_db_archive_free_bytes", Gauge, [], "Free bytes on the archive directory's file system";
     /// Archive writability.

@@ -362,6 +362,15 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
         org: Option<&str>,
         now: DateTime<Utc>,
     ) -> AuditResult<Vec<SealOutcome>> {
+        observed("checkpoint", self.seal_logs(signer, org, now)).await
+    }
+
+    async fn seal_logs(
+        &self,
+        signer: &NoteSigner,
+        org: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> AuditResult<Vec<SealOutcome>> {
         let mut out = Vec::new();
         for (log_id, size) in self.logs(org).await? {
             let previous = self.checkpoints(&log_id).await?.into_iter().rev().find(|c| c.key_id == signer.key_id());
@@ -482,6 +491,16 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
     /// last checkpoint a previous clean run verified (re-checked against its signature). `progress` is called with
     /// the number of leaves just read.
     pub async fn verify(
+        &self,
+        verifier: &NoteVerifier,
+        org: Option<&str>,
+        incremental: bool,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> AuditResult<VerifyReport> {
+        observed("verify", self.verify_logs(verifier, org, incremental, progress)).await
+    }
+
+    async fn verify_logs(
         &self,
         verifier: &NoteVerifier,
         org: Option<&str>,
@@ -713,6 +732,16 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
         }
         Ok(build_pack(signer, (!org.is_empty()).then_some(org), &cp.note, &events, &proofs, now, &BTreeMap::new())?)
     }
+}
+
+/// Runs `fut`, recording its duration as the seed's `audit_db_operation_duration_seconds{operation, status}`.
+async fn observed<T>(operation: &'static str, fut: impl Future<Output = AuditResult<T>>) -> AuditResult<T> {
+    let started = Instant::now();
+    let result = fut.await;
+    let status = if result.is_ok() { "success" } else { "error" };
+    metrics::histogram!(audit_core::metrics::OPERATION_DURATION, "operation" => operation, "status" => status)
+        .record(started.elapsed().as_secs_f64());
+    result
 }
 
 /// The raw signature bytes of a note's signature line (stored beside the note for indexing and audits).
