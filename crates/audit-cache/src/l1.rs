@@ -59,10 +59,10 @@ impl Lifecycle<String, Val> for EvictionHook {
     fn on_evict(&self, _state: &mut (), _key: String, val: Val) {
         if val.weight > self.max_item.load(Ordering::Relaxed) {
             self.rejected.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("audit_db_cache_rejected_total").increment(1);
+            metrics::counter!(audit_core::metrics::CACHE_REJECTED).increment(1);
         } else {
             self.evictions.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("audit_db_cache_evictions_total").increment(1);
+            metrics::counter!(audit_core::metrics::CACHE_EVICTIONS).increment(1);
         }
     }
 }

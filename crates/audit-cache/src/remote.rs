@@ -130,16 +130,16 @@ impl<P: ResiliencePolicy> Remote<P> {
         }));
         let result = fut.await;
         let elapsed = started.elapsed();
-        metrics::histogram!("audit_db_cache_redis_seconds", "op" => op).record(elapsed.as_secs_f64());
+        metrics::histogram!(audit_core::metrics::CACHE_REDIS_DURATION, "op" => op).record(elapsed.as_secs_f64());
         match &result {
             Ok(_) => {
                 self.observe(Ok(()), elapsed);
             }
             Err(e) => {
                 if e.is_circuit_open() {
-                    metrics::counter!("audit_db_cache_redis_bypassed_total", "op" => op).increment(1);
+                    metrics::counter!(audit_core::metrics::CACHE_REDIS_BYPASSED, "op" => op).increment(1);
                 } else {
-                    metrics::counter!("audit_db_cache_redis_errors_total", "op" => op).increment(1);
+                    metrics::counter!(audit_core::metrics::CACHE_REDIS_ERRORS, "op" => op).increment(1);
                 }
                 if self.observe(Err(e), elapsed) {
                     warn!(op, error = %e, "redis unavailable; bypassing L2 and serving only provably fresh L1 answers");

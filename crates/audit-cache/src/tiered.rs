@@ -123,15 +123,15 @@ impl<P: ResiliencePolicy> TieredCache<P> {
         };
         c.fetch_add(1, Ordering::Relaxed);
         match tier {
-            CacheTier::Db => metrics::counter!("audit_db_cache_misses_total").increment(1),
-            CacheTier::L1 => metrics::counter!("audit_db_cache_hits_total", "tier" => "l1").increment(1),
-            CacheTier::L2 => metrics::counter!("audit_db_cache_hits_total", "tier" => "l2").increment(1),
+            CacheTier::Db => metrics::counter!(audit_core::metrics::CACHE_MISSES).increment(1),
+            CacheTier::L1 => metrics::counter!(audit_core::metrics::CACHE_HITS, "tier" => "l1").increment(1),
+            CacheTier::L2 => metrics::counter!(audit_core::metrics::CACHE_HITS, "tier" => "l2").increment(1),
         }
     }
 
     pub(crate) fn publish_gauges(&self) {
-        metrics::gauge!("audit_db_cache_bytes").set(self.l1.cache.weight() as f64);
-        metrics::gauge!("audit_db_cache_entries").set(self.l1.cache.len() as f64);
+        metrics::gauge!(audit_core::metrics::CACHE_BYTES).set(self.l1.cache.weight() as f64);
+        metrics::gauge!(audit_core::metrics::CACHE_ENTRIES).set(self.l1.cache.len() as f64);
     }
 
     /// The `cache` component: degraded while its L2 is configured but failing, since the cache then serves only

@@ -35,6 +35,19 @@ pub struct ClientConfig {
     pub slow_operation_ms: u64,
 }
 
+/// How much of one connection pool is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PoolUse {
+    /// `read` or `write`.
+    pub pool: &'static str,
+    /// Open connections.
+    pub connections: u32,
+    /// Open and idle.
+    pub idle: u32,
+    /// Most connections the pool opens.
+    pub max: u32,
+}
+
 /// Bulk inserts are stored in transactions of at most this many events (one binary COPY each).
 const BULK_CHUNK: usize = 10_000;
 
@@ -188,6 +201,27 @@ where
     /// The partition provisioner in use.
     pub fn partitions(&self) -> &P {
         &self.inner.partitions
+    }
+
+    /// Connections of each pool now (`read`, `write`), for the pool metrics and the health report.
+    pub fn pools(&self) -> Vec<PoolUse> {
+        [("read", &self.inner.read_pool), ("write", &self.inner.write_pool)]
+            .into_iter()
+            .map(|(name, pool)| {
+                let state = pool.state();
+                PoolUse {
+                    pool: name,
+                    connections: state.connections,
+                    idle: state.idle_connections,
+                    max: self.inner.config.database.pool_size,
+                }
+            })
+            .collect()
+    }
+
+    /// Events waiting for the group-commit writer, and the queue's capacity.
+    pub fn insert_queue(&self) -> (usize, usize) {
+        (self.committer.queued(), self.inner.config.ingest.queue_capacity)
     }
 
     /// WAL position of this client's latest commit (`None` before the first): the token a read on a replica must

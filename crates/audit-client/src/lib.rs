@@ -20,7 +20,7 @@ mod writer;
 
 pub use ack::{Ack, BatchItem, BatchReport, CommitLsn, QueryAnswer, Rejection};
 pub use audit_core::{Consistency, PrimaryOnly, ReadRoute};
-pub use client::{AuditClient, BoxFuture, ClientConfig};
+pub use client::{AuditClient, BoxFuture, ClientConfig, PoolUse};
 pub use config::IngestConfig;
 pub use health::HealthReport;
 pub use transaction::{Transaction, TransactionScope};

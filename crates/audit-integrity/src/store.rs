@@ -10,11 +10,15 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use audit_core::event::StoredEvent;
+use std::future::Future;
+use std::sync::Arc;
+
 use audit_core::{AuditError, AuditResult, Direct, ErrorKind, ResiliencePolicy};
 use audit_pg::{EVENT_COLUMNS, PgPool, PooledConn, pg_error, stored_event_from_row};
 use chrono::{DateTime, Utc};
 use postgres_types::ToSql;
 use serde::Serialize;
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::{
@@ -31,16 +35,22 @@ fn log_predicate(log_id: &str) -> &'static str {
     if log_id.is_empty() { "organization_id IS NULL" } else { "organization_id = $1" }
 }
 
-type Param<'a> = &'a (dyn ToSql + Sync);
+/// A statement parameter the store owns, so a repeated attempt (and a spawned task) can use it again.
+type Param = Box<dyn ToSql + Send + Sync>;
+
+/// Owned statement parameters.
+macro_rules! params {
+    ($($p:expr),* $(,)?) => { vec![$(Box::new($p) as Param),*] };
+}
 
 /// Parameters for a `log_predicate` query followed by a `[from, to)` seq range.
-fn log_range_params<'a>(log_id: &'a String, from: &'a i64, to: &'a i64) -> Vec<Param<'a>> {
-    let mut p: Vec<Param<'a>> = Vec::with_capacity(3);
+fn log_range_params(log_id: &str, from: i64, to: i64) -> Vec<Param> {
+    let mut p: Vec<Param> = Vec::with_capacity(3);
     if !log_id.is_empty() {
-        p.push(log_id);
+        p.push(Box::new(log_id.to_string()));
     }
-    p.push(from);
-    p.push(to);
+    p.push(Box::new(from));
+    p.push(Box::new(to));
     p
 }
 
@@ -154,28 +164,47 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
         Self { pool, policy, acquire_timeout }
     }
 
-    async fn conn(&self) -> AuditResult<PooledConn> {
-        audit_pg::checkout(&self.pool, self.acquire_timeout).await
+    /// Runs `op` on a pooled connection under the policy (each attempt checks a connection out). The operation
+    /// owns what it uses, so the store's futures are `Send` for spawned tasks (the checkpointer, the service).
+    async fn with_conn<T, F, Fut>(&self, op: F) -> AuditResult<T>
+    where
+        T: Send,
+        F: Fn(PooledConn) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = AuditResult<T>> + Send + 'static,
+    {
+        let (pool, wait, op) = (self.pool.clone(), self.acquire_timeout, Arc::new(op));
+        self.policy
+            .execute(move || {
+                let (pool, op) = (pool.clone(), op.clone());
+                async move { op(audit_pg::checkout(&pool, wait).await?).await }
+            })
+            .await
     }
 
     /// Runs one statement (under the policy; repeated on a transient failure) and returns its rows.
-    async fn rows(&self, what: &str, sql: &str, params: &[Param<'_>]) -> AuditResult<Vec<tokio_postgres::Row>> {
-        self.policy
-            .execute(|| async {
-                let conn = self.conn().await?;
-                conn.query(sql, params).await.map_err(|e| pg_error(e, what))
-            })
-            .await
+    async fn rows(&self, what: &'static str, sql: impl Into<Arc<str>>, params: Vec<Param>) -> AuditResult<Vec<Row>> {
+        let (sql, params) = (sql.into(), Arc::new(params));
+        self.with_conn(move |conn| {
+            let (sql, params) = (sql.clone(), params.clone());
+            async move {
+                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+                conn.query(&*sql, &refs).await.map_err(|e| pg_error(e, what))
+            }
+        })
+        .await
     }
 
     /// Runs one statement that returns no rows.
-    async fn execute(&self, what: &str, sql: &str, params: &[Param<'_>]) -> AuditResult<u64> {
-        self.policy
-            .execute(|| async {
-                let conn = self.conn().await?;
-                conn.execute(sql, params).await.map_err(|e| pg_error(e, what))
-            })
-            .await
+    async fn execute(&self, what: &'static str, sql: impl Into<Arc<str>>, params: Vec<Param>) -> AuditResult<u64> {
+        let (sql, params) = (sql.into(), Arc::new(params));
+        self.with_conn(move |conn| {
+            let (sql, params) = (sql.clone(), params.clone());
+            async move {
+                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+                conn.execute(&*sql, &refs).await.map_err(|e| pg_error(e, what))
+            }
+        })
+        .await
     }
 
     /// Every log with its head size (`org`: only that organisation's; `Some("")`: the shared log). A log is known by
@@ -196,7 +225,7 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
                        UNION SELECT '' WHERE EXISTS (SELECT 1 FROM audit_log WHERE organization_id IS NULL)) \
                    SELECT ids.log_id, coalesce(h.size, 0) FROM ids LEFT JOIN audit_log_heads h USING (log_id) \
                    WHERE $1::text IS NULL OR ids.log_id = $1 ORDER BY ids.log_id";
-        let rows = self.rows("listing logs", sql, &[&org]).await?;
+        let rows = self.rows("listing logs", sql, params![org.map(str::to_string)]).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -209,17 +238,16 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
         to: i64,
         mut each: impl FnMut(StoredEvent) -> AuditResult<()>,
     ) -> AuditResult<()> {
-        let owned = log_id.to_string();
-        let sql = format!(
+        let sql: Arc<str> = format!(
             "SELECT {EVENT_COLUMNS} FROM audit_log WHERE {} AND seq >= ${} AND seq < ${} ORDER BY seq LIMIT {CHUNK_ROWS}",
             log_predicate(log_id),
             if log_id.is_empty() { 1 } else { 2 },
             if log_id.is_empty() { 2 } else { 3 },
-        );
+        )
+        .into();
         let mut next = from;
         while next < to {
-            let params = log_range_params(&owned, &next, &to);
-            let rows = self.rows("reading a log", &sql, &params).await?;
+            let rows = self.rows("reading a log", sql.clone(), log_range_params(log_id, next, to)).await?;
             let Some(last) = rows.last() else { break };
             let last_seq: i64 = last.try_get(18).map_err(|e| pg_error(e, "reading a log"))?;
             let full = rows.len() as i64 == CHUNK_ROWS;
@@ -236,12 +264,12 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
 
     /// Leaf hashes kept for rows that retention dropped (`seq → leaf`).
     async fn pruned_leaves(&self, log_id: &str, from: i64, to: i64) -> AuditResult<BTreeMap<i64, Hash>> {
-        self.policy
-            .execute(|| async {
-                let conn = self.conn().await?;
-                audit_pg::pruned_leaves::read(&**conn, log_id, from, to).await
-            })
-            .await
+        let log_id: Arc<str> = log_id.into();
+        self.with_conn(move |conn| {
+            let log_id = log_id.clone();
+            async move { audit_pg::pruned_leaves::read(&**conn, &log_id, from, to).await }
+        })
+        .await
     }
 
     /// Row views of `[from, to)`: stored rows with recomputed leaves, plus pruned positions (content archived, so
@@ -302,7 +330,7 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
                 "reading checkpoints",
                 "SELECT id, log_id, tree_size, root_hash, created_at, key_id, note, frontier FROM audit_checkpoints \
                  WHERE log_id = $1 ORDER BY tree_size, id",
-                &[&log_id],
+                params![log_id.to_string()],
             )
             .await?;
         rows.iter()
@@ -329,6 +357,15 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
     /// positions, leaf hashes that match their content), extends the stored compact range, signs the new root.
     /// Refuses to sign a log whose new rows do not check out — signing them would bless tampering.
     pub async fn checkpoint(
+        &self,
+        signer: &NoteSigner,
+        org: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> AuditResult<Vec<SealOutcome>> {
+        observed("checkpoint", self.seal_logs(signer, org, now)).await
+    }
+
+    async fn seal_logs(
         &self,
         signer: &NoteSigner,
         org: Option<&str>,
@@ -396,19 +433,19 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
                 "storing a checkpoint",
                 "INSERT INTO audit_checkpoints (log_id, tree_size, root_hash, created_at, key_id, signature, note, \
                  frontier) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &log_id,
-                    &size,
-                    &root.as_slice(),
-                    &now,
-                    &signer.key_id(),
-                    &note_signature(&note),
-                    &note,
-                    &range.to_bytes(),
+                params![
+                    log_id.clone(),
+                    size,
+                    root.to_vec(),
+                    now,
+                    signer.key_id(),
+                    note_signature(&note),
+                    note.clone(),
+                    range.to_bytes(),
                 ],
             )
             .await?;
-            metrics::counter!("audit_db_checkpoints_total").increment(1);
+            metrics::counter!(audit_core::metrics::CHECKPOINTS).increment(1);
             out.push(SealOutcome { log_id, tree_size: size, root_hash: hex::encode(root), new_checkpoint: true });
         }
         Ok(out)
@@ -460,7 +497,18 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
         incremental: bool,
         progress: &(dyn Fn(u64) + Sync),
     ) -> AuditResult<VerifyReport> {
+        observed("verify", self.verify_logs(verifier, org, incremental, progress)).await
+    }
+
+    async fn verify_logs(
+        &self,
+        verifier: &NoteVerifier,
+        org: Option<&str>,
+        incremental: bool,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> AuditResult<VerifyReport> {
         let started = Instant::now();
+        let started_at = Utc::now();
         let mut report = VerifyReport::default();
         for (log_id, head) in self.logs(org).await? {
             report.logs += 1;
@@ -486,14 +534,62 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
                 self.execute(
                     "recording a verification",
                     "INSERT INTO audit_verifications (log_id, tree_size, root_hash) VALUES ($1, $2, $3)",
-                    &[&log_id, &c.tree_size, &c.root_hash.as_slice()],
+                    params![log_id.clone(), c.tree_size, c.root_hash.to_vec()],
                 )
                 .await?;
             }
             report.findings.extend(findings);
         }
         report.seconds = started.elapsed().as_secs_f64();
+        self.record_verify_run(started_at, org, incremental, &report).await?;
         Ok(report)
+    }
+
+    /// Appends the run's outcome to `audit_verify_runs` (what the service's verify metrics read).
+    async fn record_verify_run(
+        &self,
+        started_at: DateTime<Utc>,
+        org: Option<&str>,
+        incremental: bool,
+        report: &VerifyReport,
+    ) -> AuditResult<()> {
+        let (logs, leaves, findings) = (
+            i32::try_from(report.logs).unwrap_or(i32::MAX),
+            i64::try_from(report.leaves).unwrap_or(i64::MAX),
+            i32::try_from(report.findings.len()).unwrap_or(i32::MAX),
+        );
+        self.execute(
+            "recording a verify run",
+            "INSERT INTO audit_verify_runs (started_at, finished_at, organization, incremental, logs, leaves, \
+             findings) VALUES ($1, now(), $2, $3, $4, $5, $6)",
+            params![started_at, org.map(str::to_string), incremental, logs, leaves, findings],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The latest verify run: when it finished and how many findings it had (`None` before the first run).
+    pub async fn last_verify_run(&self) -> AuditResult<Option<(DateTime<Utc>, i32)>> {
+        let rows = self
+            .rows(
+                "reading the last verify run",
+                "SELECT finished_at, findings FROM audit_verify_runs ORDER BY finished_at DESC, id DESC LIMIT 1",
+                Vec::new(),
+            )
+            .await?;
+        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// When each log was last sealed (its newest checkpoint), for the checkpoint-age metric.
+    pub async fn last_checkpoint_times(&self) -> AuditResult<Vec<(String, DateTime<Utc>)>> {
+        let rows = self
+            .rows(
+                "reading checkpoint times",
+                "SELECT log_id, max(created_at) FROM audit_checkpoints GROUP BY log_id ORDER BY log_id",
+                Vec::new(),
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     async fn last_verified(&self, log_id: &str) -> AuditResult<Option<(i64, Hash)>> {
@@ -501,7 +597,7 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
             .rows(
                 "reading the last verification",
                 "SELECT tree_size, root_hash FROM audit_verifications WHERE log_id = $1 ORDER BY tree_size DESC, id DESC LIMIT 1",
-                &[&log_id],
+                params![log_id.to_string()],
             )
             .await?;
         Ok(rows.first().and_then(|r| {
@@ -528,7 +624,7 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
             .rows(
                 "finding the event",
                 "SELECT organization_id, seq, leaf_hash FROM audit_log WHERE event_id = $1 LIMIT 1",
-                &[&event_id],
+                params![event_id],
             )
             .await?;
         let row = rows
@@ -636,6 +732,16 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
         }
         Ok(build_pack(signer, (!org.is_empty()).then_some(org), &cp.note, &events, &proofs, now, &BTreeMap::new())?)
     }
+}
+
+/// Runs `fut`, recording its duration as the seed's `audit_db_operation_duration_seconds{operation, status}`.
+async fn observed<T>(operation: &'static str, fut: impl Future<Output = AuditResult<T>>) -> AuditResult<T> {
+    let started = Instant::now();
+    let result = fut.await;
+    let status = if result.is_ok() { "success" } else { "error" };
+    metrics::histogram!(audit_core::metrics::OPERATION_DURATION, "operation" => operation, "status" => status)
+        .record(started.elapsed().as_secs_f64());
+    result
 }
 
 /// The raw signature bytes of a note's signature line (stored beside the note for indexing and audits).

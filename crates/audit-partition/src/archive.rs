@@ -67,6 +67,21 @@ pub trait Archive: Send + Sync + 'static {
 
     /// Stores the staged file at `staged` under `manifest.file_name`, plus the manifest, and says where.
     fn store<'a>(&'a self, staged: &'a Path, manifest: &'a ArchiveManifest) -> ArchiveFuture<'a, ArchiveReceipt>;
+
+    /// Room left and whether a file can be written now (for the archive-disk metrics and alerts); `None` when the
+    /// archive cannot tell (e.g. an object store).
+    fn space(&self) -> Option<ArchiveSpace> {
+        None
+    }
+}
+
+/// What an archive can take now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ArchiveSpace {
+    /// Bytes available to this process on the archive's file system.
+    pub free_bytes: u64,
+    /// Whether a probe file could be created and removed.
+    pub writable: bool,
 }
 
 /// An archive in a local (or mounted) directory: `<dir>/<file_name>` and `<dir>/<file_name>.manifest.json`.
@@ -85,6 +100,13 @@ impl DirArchive {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    fn probe_writable(&self) -> bool {
+        let probe = self.dir.join(format!(".audit-db-probe-{}", std::process::id()));
+        let written = std::fs::create_dir_all(&self.dir).and_then(|_| std::fs::write(&probe, b"probe"));
+        let _ = std::fs::remove_file(&probe);
+        written.is_ok()
+    }
 }
 
 fn io_err(e: io::Error, what: &str, path: &Path) -> AuditError {
@@ -102,6 +124,14 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
 impl Archive for DirArchive {
     fn staging_dir(&self) -> PathBuf {
         self.dir.join(".staging")
+    }
+
+    fn space(&self) -> Option<ArchiveSpace> {
+        let writable = self.probe_writable();
+        // The directory may not exist yet (created on first use): its nearest existing ancestor's file system.
+        let existing = self.dir.ancestors().find(|p| p.exists())?;
+        let vfs = rustix::fs::statvfs(existing).ok()?;
+        Some(ArchiveSpace { free_bytes: vfs.f_bavail.saturating_mul(vfs.f_frsize), writable })
     }
 
     fn store<'a>(&'a self, staged: &'a Path, manifest: &'a ArchiveManifest) -> ArchiveFuture<'a, ArchiveReceipt> {

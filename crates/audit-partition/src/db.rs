@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::Client;
 
 use crate::manager::PartitionManager;
-use crate::metrics::LOCK_TIMEOUTS;
+use audit_core::metrics::PARTITION_LOCK_TIMEOUTS as LOCK_TIMEOUTS;
 
 /// A boxed, sendable future (see [`PartitionManager::run`]).
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -16,9 +16,9 @@ use crate::catalog::{Detail, list_partitions};
 use crate::db::{On, Session, retry_lock_timeouts};
 use crate::holds::holds_on;
 use crate::manager::PartitionManager;
-use crate::metrics::DROPPED;
 use crate::period::{PARENT_TABLE, Period, ts_literal};
 use crate::retention::{RetentionAction, RetentionItem, days, insert_log};
+use audit_core::metrics::RETENTION_ACTIONS;
 
 /// Rows fetched per round trip while archiving.
 const ARCHIVE_BATCH: u32 = 5_000;
@@ -39,6 +39,7 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
     /// Detaches, archives and drops one expired partition.
     pub(crate) async fn drop_one(&self, session: &Session, run_id: Uuid, item: &mut RetentionItem) -> AuditResult<()> {
         self.log(On::Session(session), run_id, "detaching", item, None).await?;
+        metrics::counter!(RETENTION_ACTIONS, "action" => "detaching").increment(1);
         self.detach(session, &item.partition).await?;
         self.forget(Period::from_bounds(self.config.interval, item.range_from, item.range_to));
         tracing::info!(partition = %item.partition, "detached partition");
@@ -81,7 +82,7 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
         match outcome {
             DropOutcome::Dropped => {
                 item.action = RetentionAction::Dropped;
-                metrics::counter!(DROPPED).increment(1);
+                metrics::counter!(RETENTION_ACTIONS, "action" => "dropped").increment(1);
                 tracing::info!(partition = %item.partition, rows = item.rows, "archived and dropped partition");
                 Ok(())
             }

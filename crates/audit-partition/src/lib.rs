@@ -23,12 +23,11 @@ mod drop;
 mod holds;
 mod maintenance;
 mod manager;
-pub mod metrics;
 mod period;
 mod retention;
 mod status;
 
-pub use archive::{Archive, ArchiveFuture, ArchiveManifest, ArchiveReceipt, DirArchive, sha256_file};
+pub use archive::{Archive, ArchiveFuture, ArchiveManifest, ArchiveReceipt, ArchiveSpace, DirArchive, sha256_file};
 pub use config::{PartitionConfig, PartitionInterval, PartitionStrategy};
 pub use holds::{HoldTarget, LegalHold};
 pub use maintenance::MaintenanceReport;

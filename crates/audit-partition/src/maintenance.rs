@@ -12,9 +12,9 @@ use tokio::task::JoinHandle;
 
 use crate::db::On;
 use crate::manager::{MAINTENANCE_LOCK_KEY, PartitionManager};
-use crate::metrics::{MAINTENANCE_RUNS, MAINTENANCE_SKIPPED};
 use crate::retention::RetentionReport;
 use crate::status::PartitionAnalysis;
+use audit_core::metrics::MAINTENANCE_RUNS;
 
 /// What one `maintain()` call did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -46,12 +46,12 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
         let report = self.with_maintenance_lock(self.maintain_locked(started_at)).await?;
         match report {
             Some(report) => {
-                metrics::counter!(MAINTENANCE_RUNS).increment(1);
+                metrics::counter!(MAINTENANCE_RUNS, "result" => "ran").increment(1);
                 Ok(report)
             }
             None => {
                 tracing::info!("partition maintenance skipped: another instance holds the lock");
-                metrics::counter!(MAINTENANCE_SKIPPED).increment(1);
+                metrics::counter!(MAINTENANCE_RUNS, "result" => "skipped").increment(1);
                 Ok(MaintenanceReport {
                     instance: self.actor.clone(),
                     ran: false,

@@ -16,8 +16,8 @@ use crate::archive::{Archive, DirArchive};
 use crate::catalog::{self, CatalogPartition, Detail};
 use crate::config::{PartitionConfig, PartitionInterval, PartitionStrategy};
 use crate::db::{On, ddl_retry_schedule, retry_lock_timeouts};
-use crate::metrics::CREATED;
 use crate::period::{PARENT_TABLE, Period, ts_literal};
+use audit_core::metrics::PARTITIONS_CREATED;
 
 /// Name of the unique index that replaces the primary key under the hash and list strategies.
 pub const EVENT_KEY_INDEX: &str = "audit_log_event_key";
@@ -115,6 +115,11 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
         mgr.event_key_unique = mgr.run(On::Pool, |c| async move { catalog::event_key_is_unique(&*c).await }).await?;
         mgr.refresh_known(On::Pool).await?;
         Ok(mgr)
+    }
+
+    /// Room left on the archive (`None` without an archive, or when it cannot tell).
+    pub fn archive_space(&self) -> Option<crate::archive::ArchiveSpace> {
+        self.archive.as_ref().and_then(|a| a.space())
     }
 
     /// Uses `archive` for retention instead of the configured directory (e.g. object storage).
@@ -300,7 +305,7 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
         match self.batch(On::Pool, &what, &self.create_sql(p)).await {
             Ok(()) => {
                 tracing::info!(partition = %name, from = %p.start(), to = %p.end(), "created partition");
-                metrics::counter!(CREATED).increment(1);
+                metrics::counter!(PARTITIONS_CREATED).increment(1);
                 self.remember(p);
                 Ok(true)
             }

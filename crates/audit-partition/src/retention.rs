@@ -260,8 +260,10 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
         if item.action == RetentionAction::Held {
             let detail = format!("legal holds {:?}", item.holds);
             self.log(On::Session(session), run_id, "held", &item, Some(&detail)).await?;
+            metrics::counter!(audit_core::metrics::RETENTION_ACTIONS, "action" => "held").increment(1);
         } else if let Err(e) = self.drop_one(session, run_id, &mut item).await {
             tracing::warn!(partition = %item.partition, error = %e, "retention could not drop partition");
+            metrics::counter!(audit_core::metrics::RETENTION_ACTIONS, "action" => "failed").increment(1);
             item.action = RetentionAction::Failed;
             item.detail = Some(e.to_string());
         }

@@ -21,4 +21,4 @@ mod router;
 mod strategy;
 
 pub use config::{ReplicaEndpoint, RouterConfig, Strategy, check_replicas};
-pub use router::{Exclusion, ReplicaRouter, ReplicaStatus, RouterStatus};
+pub use router::{Exclusion, ReplicaPoolUse, ReplicaRouter, ReplicaStatus, RouterStatus};

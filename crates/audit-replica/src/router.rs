@@ -129,6 +129,19 @@ pub struct ReplicaStatus {
     pub excluded: Option<Exclusion>,
 }
 
+/// How much of one replica's pool is in use (for `audit_db_pool_connections{pool="replica:<id>"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplicaPoolUse {
+    /// `replica:<id>`.
+    pub pool: String,
+    /// Open connections.
+    pub connections: u32,
+    /// Open and idle.
+    pub idle: u32,
+    /// Most connections the pool opens.
+    pub max: u32,
+}
+
 /// The router's state, for operators.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RouterStatus {
@@ -160,6 +173,7 @@ struct Replica<R> {
     max_lag: Duration,
     max_lag_bytes: Option<u64>,
     pool: PgPool,
+    pool_size: u32,
     acquire_timeout: Duration,
     connector: Connector,
     probe_conn: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
@@ -323,6 +337,7 @@ impl<R: ResiliencePolicy> ReplicaRouter<R> {
                 max_lag: endpoint.max_lag(&config),
                 max_lag_bytes: endpoint.max_lag_bytes,
                 pool,
+                pool_size: pool_options.max_connections,
                 acquire_timeout: pool_options.acquire_timeout,
                 connector,
                 probe_conn: tokio::sync::Mutex::new(None),
@@ -398,6 +413,23 @@ impl<R: ResiliencePolicy> ReplicaRouter<R> {
             primary_lsn: s.history.lock().unwrap_or_else(|p| p.into_inner()).latest().map(CommitLsn),
             replicas: s.replicas.iter().map(Replica::status).collect(),
         }
+    }
+
+    /// Connections of each replica's pool now.
+    pub fn pools(&self) -> Vec<ReplicaPoolUse> {
+        self.shared
+            .replicas
+            .iter()
+            .map(|r| {
+                let state = r.pool.state();
+                ReplicaPoolUse {
+                    pool: format!("replica:{}", r.id),
+                    connections: state.connections,
+                    idle: state.idle_connections,
+                    max: r.pool_size,
+                }
+            })
+            .collect()
     }
 
     /// Probes every replica now (the health task does it every `healthCheckInterval` anyway).

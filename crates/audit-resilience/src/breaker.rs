@@ -36,13 +36,13 @@ use crate::backoff::OpenBackoff;
 use crate::config::CircuitBreakerConfig;
 
 /// Gauge of each breaker's state: 0 = closed, 1 = open, 2 = half-open (the seed's metric name and encoding).
-pub const STATE_GAUGE: &str = "audit_db_circuit_breaker_state";
+pub const STATE_GAUGE: &str = audit_core::metrics::CIRCUIT_BREAKER_STATE;
 /// Counter of calls a breaker refused without calling the dependency.
-pub const REJECTIONS_COUNTER: &str = "audit_db_circuit_breaker_rejections_total";
+pub const REJECTIONS_COUNTER: &str = audit_core::metrics::CIRCUIT_BREAKER_REJECTIONS;
 /// Counter of failures (Unavailable outcomes) a breaker recorded.
-pub const FAILURES_COUNTER: &str = "audit_db_circuit_breaker_failures_total";
+pub const FAILURES_COUNTER: &str = audit_core::metrics::CIRCUIT_BREAKER_FAILURES;
 /// Counter of state transitions, labelled by the state entered (`to`).
-pub const TRANSITIONS_COUNTER: &str = "audit_db_circuit_breaker_transitions_total";
+pub const TRANSITIONS_COUNTER: &str = audit_core::metrics::CIRCUIT_BREAKER_TRANSITIONS;
 
 /// When a closed breaker opens. Built through its constructors so that invalid rate settings cannot exist.
 #[derive(Debug, Clone, PartialEq)]

@@ -20,7 +20,7 @@ use crate::registry::BreakerRegistry;
 use crate::retry::is_retryable;
 
 /// Counter of retries a policy made (one per repeated attempt), labelled by component.
-pub const RETRIES_COUNTER: &str = "audit_db_resilience_retries_total";
+pub const RETRIES_COUNTER: &str = audit_core::metrics::RESILIENCE_RETRIES;
 
 /// The entry type: wraps any repeatable operation with a circuit breaker, per-attempt timeout, bounded retry and
 /// an overall deadline, without knowing what the operation is.

@@ -38,11 +38,41 @@ pub struct MonitoringConfig {
     pub metrics_retention_days: u32,
     /// `tracing` filter (`info`, `debug`, …).
     pub log_level: String,
+    /// How log lines look (`LOG_FORMAT`).
+    pub log_format: LogFormat,
 }
 
 impl Default for MonitoringConfig {
     fn default() -> Self {
-        Self { enabled: true, slow_query_threshold: 1_000, metrics_retention_days: 7, log_level: "info".into() }
+        Self {
+            enabled: true,
+            slow_query_threshold: 1_000,
+            metrics_retention_days: 7,
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (colour on a terminal).
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields, span and span list.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("`{s}` is not one of json, text")),
+        }
     }
 }
 
@@ -151,6 +181,10 @@ pub const ENVIRONMENT: &[(&str, Setter)] = &[
     }),
     ("LOG_LEVEL", |c, _, v| {
         c.monitoring.log_level = v.to_string();
+        Ok(())
+    }),
+    ("LOG_FORMAT", |c, k, v| {
+        c.monitoring.log_format = parse_enum::<LogFormat>(k, v)?;
         Ok(())
     }),
     ("METRICS_ENABLED", |c, k, v| {
@@ -281,6 +315,7 @@ mod tests {
                 "AUDIT_DB_SSL" => "true",
                 "AUDIT_DB_PARTITION_INTERVAL" => "yearly",
                 "AUDIT_DB_PARTITION_STRATEGY" => "hash",
+                "LOG_FORMAT" => "json",
                 "REDIS_CLUSTER_MODE" | "AUDIT_DB_CACHE_ENABLED" | "METRICS_ENABLED" => "false",
                 "DATABASE_URL"
                 | "REDIS_URL"

@@ -11,4 +11,5 @@ pub mod config;
 pub mod filter_params;
 pub mod http;
 pub mod readiness;
+pub mod telemetry;
 pub mod workload;

@@ -14,7 +14,7 @@ mod demo;
 mod serve;
 
 use audit_server::app::{App, load_config};
-use audit_server::config::AuditConfig;
+use audit_server::config::{AuditConfig, LogFormat};
 
 /// audit-db: a tamper-evident, partitioned PostgreSQL audit log.
 ///
@@ -80,16 +80,19 @@ enum EmbeddedAction {
     Stop,
 }
 
-fn init_tracing(level: &str) {
+/// Logs to stderr: text for people, or JSON lines (timestamp, level, target, span fields, message) for log
+/// pipelines (`LOG_FORMAT=json`, 12-factor style).
+fn init_tracing(monitoring: &audit_server::config::MonitoringConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&monitoring.log_level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match monitoring.log_format {
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
+        LogFormat::Text => {
+            builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_target(false).init()
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -101,7 +104,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    init_tracing(&config.monitoring.log_level);
+    init_tracing(&config.monitoring);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

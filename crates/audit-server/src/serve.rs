@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use audit_integrity::NoteSigner;
 use audit_server::app::App;
 use audit_server::http::{ServiceState, router, serve};
+use audit_server::telemetry::Telemetry;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 /// Arguments of `audit-db serve`.
@@ -27,6 +28,7 @@ pub(crate) async fn run(app: App, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 &audit_core::metrics::OPERATION_DURATION_BUCKETS,
             )?
             .install_recorder()?;
+        audit_core::metrics::describe_all();
         Some(handle)
     } else {
         tracing::info!("metrics are off (METRICS_ENABLED=false): /metrics answers 404");
@@ -34,6 +36,7 @@ pub(crate) async fn run(app: App, args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     app.migrate().await?;
     let client = app.client().await?;
+    let partitions = app.partitions().await?;
     let _checkpointer = match (app.config.integrity.checkpoint_interval_secs, &app.config.integrity.signing_key_file) {
         (Some(secs), Some(key)) => {
             let text = std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
@@ -49,6 +52,14 @@ pub(crate) async fn run(app: App, args: ServeArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     // Partition maintenance (`partition.autoMaintenance`) runs inside the client.
+    let _telemetry = metrics.is_some().then(|| -> anyhow::Result<_> {
+        Ok(Telemetry {
+            client: client.clone(),
+            partitions: Arc::new(partitions),
+            integrity: Arc::new(app.integrity()?),
+        }
+        .spawn())
+    });
     let state = Arc::new(ServiceState { client, metrics });
     serve(router(state), args.listen).await?;
     Ok(ExitCode::SUCCESS)
