@@ -462,7 +462,8 @@ where
     }
 
     /// Offers a read to the router unless it must see the primary (`Strong`) or no replica is configured;
-    /// `Ok(None)`: run it on the primary. Read-your-writes always includes this client's own last commit.
+    /// `Ok(None)`: run it on the primary. `ReadYourWrites(None)` becomes this client's own last commit; a position
+    /// given explicitly is taken as it is (a service answering many users passes each user's own position).
     pub(crate) async fn try_replica<T, F, Fut>(
         &self,
         consistency: Consistency,
@@ -477,7 +478,7 @@ where
             return Ok(None);
         }
         let consistency = match consistency {
-            Consistency::ReadYourWrites(given) => Consistency::ReadYourWrites(given.max(self.last_commit())),
+            Consistency::ReadYourWrites(None) => Consistency::ReadYourWrites(self.last_commit()),
             other => other,
         };
         match self.router.read(consistency, move |conn| op(conn)).await? {

@@ -56,10 +56,10 @@ impl<'de> serde::Deserialize<'de> for CommitLsn {
 pub enum Consistency {
     /// The primary only: sees every committed write.
     Strong,
-    /// A server that has replayed at least this WAL position, and always this client's own last commit
-    /// (`ReadYourWrites(None)`: just the client's own writes — the default, which makes "insert, then query"
-    /// correct with replicas on). A replica that has not caught up is waited for up to a bound, then the primary
-    /// answers.
+    /// A server that has replayed at least this WAL position (a position handed over from a writer: an `Ack`, the
+    /// CLI's `commit_lsn`, an HTTP header). `ReadYourWrites(None)` — the default — means this client's own last
+    /// commit, which makes "insert, then query" correct with replicas on. A replica that has not caught up is waited
+    /// for up to a bound, then the primary answers.
     ReadYourWrites(Option<CommitLsn>),
     /// Any replica whose lag is at most this long.
     BoundedStaleness(Duration),
