@@ -129,6 +129,29 @@ impl App {
         Ok(IntegrityStore::new(pool, self.database_policy(), wait))
     }
 
+    /// The API keys of the HTTP service, on their own small pool; lookups cached for `api.keyCacheTtlMs`.
+    pub fn api_keys(&self) -> anyhow::Result<crate::api_keys::ApiKeyStore> {
+        let mut options = self.config.database.pool_options();
+        options.max_connections = options.max_connections.min(4);
+        let wait = options.acquire_timeout;
+        let pool = build_pool(self.connector.clone(), &options)?;
+        Ok(crate::api_keys::ApiKeyStore::new(pool, wait, Duration::from_millis(self.config.api.key_cache_ttl_ms)))
+    }
+
+    /// The checkpoint public key of `integrity.signingKeyFile` (or `signing.pub` beside it); `None` without one.
+    pub fn verifier(&self) -> anyhow::Result<Option<audit_integrity::NoteVerifier>> {
+        let Some(path) = &self.config.integrity.signing_key_file else { return Ok(None) };
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(s) = audit_integrity::NoteSigner::parse(text.trim())
+        {
+            return Ok(Some(s.verifier()));
+        }
+        let public = path.with_file_name("signing.pub");
+        let text = std::fs::read_to_string(&public)
+            .with_context(|| format!("reading {} (or a private key at {})", public.display(), path.display()))?;
+        Ok(Some(audit_integrity::NoteVerifier::parse(text.trim())?))
+    }
+
     /// The policy of one read replica: its own breaker (`replica:<id>`) and per-attempt timeout, and no retry —
     /// the router tries another replica or the primary instead of waiting for this one.
     pub fn replica_policy(&self, replica: &ReplicaEndpoint) -> Policy {

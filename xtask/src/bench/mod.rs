@@ -6,6 +6,7 @@
 
 pub(crate) mod cache_rss;
 pub(crate) mod env;
+pub(crate) mod http;
 pub(crate) mod ingest;
 pub(crate) mod integrity;
 pub(crate) mod measure;
@@ -37,7 +38,7 @@ pub(crate) struct BenchArgs {
     /// cluster.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Run only these groups or measures (comma-separated): ingest, query, integrity, retention, cache, replica, or
+    /// Run only these groups or measures (comma-separated): ingest, query, integrity, retention, cache, replica, http, or
     /// any measure name (its group runs).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -140,7 +141,7 @@ impl Sizes {
 }
 
 /// The experiment groups, in run order.
-pub(crate) const GROUPS: [&str; 6] = ["cache", "ingest", "query", "integrity", "retention", "replica"];
+pub(crate) const GROUPS: [&str; 7] = ["cache", "ingest", "query", "integrity", "retention", "replica", "http"];
 
 /// Group of each measure name this harness emits with a target.
 pub(crate) const MEASURE_GROUPS: &[(&str, &str)] = &[
@@ -159,6 +160,8 @@ pub(crate) const MEASURE_GROUPS: &[(&str, &str)] = &[
     ("replica_read_scaling", "replica"),
     ("replica_ryw_wait_p99_ms", "replica"),
     ("replica_ryw_wait_p99_ms_waiting", "replica"),
+    ("http_ingest_ratio_vs_library", "http"),
+    ("http_query_p50_ms", "http"),
 ];
 
 /// Resolves `--only` to a set of groups; unknown names are an error naming the valid ones.
@@ -328,6 +331,7 @@ async fn run_groups(ctx: &Ctx, groups: &[&str], measures: &mut Vec<Measure>) -> 
             "integrity" => measures.extend(integrity::run(ctx, dataset.as_ref()).await?),
             "retention" => measures.extend(retention::run(ctx).await?),
             "replica" => measures.extend(replica::run(ctx).await?),
+            "http" => measures.extend(http::run(ctx).await?),
             other => bail!("unknown group {other}"),
         }
     }
