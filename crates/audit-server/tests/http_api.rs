@@ -390,7 +390,7 @@ async fn every_read_is_recorded_in_the_readers_organisation_and_probes_answer() 
 }
 
 /// Examples schemathesis generates per operation (recorded in docs/api.md).
-const SCHEMATHESIS_EXAMPLES: &str = "20";
+const SCHEMATHESIS_EXAMPLES: &str = "50";
 
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_response_outside_the_schema() {
@@ -409,7 +409,11 @@ async fn schemathesis_finds_no_server_error_and_no_response_outside_the_schema()
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
         ])
-        .args(["--max-examples", SCHEMATHESIS_EXAMPLES, "--phases", "examples,coverage,fuzzing", "--workers", "2"])
+        // The streamed NDJSON batch has no schemathesis serializer (its own tests above cover it). The coverage
+        // phase is left out: on CPython 3.11.7 it crashes inside hypothesis (`ast.parse` recursion-depth
+        // SystemError while describing a lambda), which says nothing about the API.
+        .args(["--exclude-path", "/v1/events:batch"])
+        .args(["--max-examples", SCHEMATHESIS_EXAMPLES, "--phases", "examples,fuzzing", "--workers", "2"])
         .args(["--request-timeout", "10", "--seed", "7"])
         .env("NO_COLOR", "1")
         .kill_on_drop(true);
@@ -420,4 +424,6 @@ async fn schemathesis_finds_no_server_error_and_no_response_outside_the_schema()
     };
     let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "schemathesis found problems:\n{text}");
+    assert!(text.contains("generated") && !text.contains("0 generated"), "schemathesis tested something:\n{text}");
+    eprintln!("{text}");
 }
