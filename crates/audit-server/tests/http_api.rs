@@ -26,9 +26,14 @@ fn free_port() -> u16 {
 impl Service {
     /// Starts the service on `db` with extra environment and waits until `/ready` answers 200.
     async fn start(db: &TestDb, env: &[(&str, &str)]) -> Service {
+        Self::start_at(&db.url, env).await
+    }
+
+    /// [`Service::start`] against the database at `url`.
+    async fn start_at(url: &str, env: &[(&str, &str)]) -> Service {
         let port = free_port();
         let mut c = cli::async_command(&["serve"]);
-        c.env("DATABASE_URL", &db.url)
+        c.env("DATABASE_URL", url)
             .env("REDIS_URL", redis_url())
             .env("AUDIT_DB_LISTEN", format!("127.0.0.1:{port}"))
             .env("LOG_LEVEL", "warn")
@@ -426,4 +431,59 @@ async fn schemathesis_finds_no_server_error_and_no_response_outside_the_schema()
     assert!(out.status.success(), "schemathesis found problems:\n{text}");
     assert!(text.contains("generated") && !text.contains("0 generated"), "schemathesis tested something:\n{text}");
     eprintln!("{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writes_commit_lsn_header_makes_another_instance_read_it_from_a_late_replica() {
+    let primary = audit_testkit::cluster::start_private_cluster().await.expect("primary");
+    let url = primary.url();
+    cli::ok(&cli::run(&url, &[], &["migrate"]), "migrate");
+    let replica = primary.create_replica().await.expect("replica");
+    let replica_url = replica.url();
+    let key = cli::json_of(
+        &url,
+        &[],
+        &["api-keys", "create", "--org", "org_a", "--scopes", "ingest,query", "--format", "json"],
+    )["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The writer talks to the primary only; the reader routes reads to a replica that applies WAL 3 s late.
+    let writer = Service::start_at(&url, &[NO_AUDIT]).await;
+    let reader = Service::start_at(&url, &[NO_AUDIT, ("AUDIT_DB_READ_REPLICA_1", &replica_url)]).await;
+    audit_testkit::replication::set_apply_delay(&replica_url, Duration::from_secs(3)).await;
+    let mut eventual_misses = 0;
+    for i in 0..10 {
+        let r = writer
+            .http
+            .post(writer.url("/v1/events"))
+            .bearer_auth(&key)
+            .json(&event("org_a", &format!("w{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let lsn = r.headers()["x-audit-commit-lsn"].to_str().unwrap().to_string();
+        let id = r.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_string();
+        let eventual = reader
+            .http
+            .get(reader.url(&format!("/v1/events/{id}")))
+            .bearer_auth(&key)
+            .header("X-Audit-Consistency", "eventual")
+            .send()
+            .await
+            .unwrap();
+        eventual_misses += usize::from(eventual.status() == StatusCode::NOT_FOUND);
+        let at_lsn = reader
+            .http
+            .get(reader.url(&format!("/v1/events/{id}")))
+            .bearer_auth(&key)
+            .header("X-Audit-Min-LSN", &lsn)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(at_lsn.status(), StatusCode::OK, "round trip {i}: a read at the write's commit LSN sees it");
+    }
+    assert!(eventual_misses > 0, "eventual reads on a replica 3 s late miss fresh events (so the header mattered)");
+    audit_testkit::replication::set_apply_delay(&replica_url, Duration::ZERO).await;
 }
