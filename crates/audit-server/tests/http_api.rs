@@ -487,3 +487,37 @@ async fn a_writes_commit_lsn_header_makes_another_instance_read_it_from_a_late_r
     assert!(eventual_misses > 0, "eventual reads on a replica 3 s late miss fresh events (so the header mattered)");
     audit_testkit::replication::set_apply_delay(&replica_url, Duration::ZERO).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_insert_queue_answers_429_with_retry_after_and_stores_exactly_the_acknowledged_events() {
+    let db = migrated("http_backpressure").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("audit-db.toml");
+    std::fs::write(&config, "[ingest]\nqueueCapacity = 2\nbatchMaxEvents = 1\n").unwrap();
+    let svc = Service::start(&db, &[NO_AUDIT, ("AUDIT_DB_CONFIG", config.to_str().unwrap())]).await;
+    let key = key_of(&db, "org_a", "ingest,query");
+    let sends = (0..200).map(|i| {
+        let (http, url, key) = (svc.http.clone(), svc.url("/v1/events"), key.clone());
+        tokio::spawn(async move {
+            let r = http.post(url).bearer_auth(key).json(&event("org_a", &format!("burst_{i}"))).send().await.unwrap();
+            let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            (r.status(), retry_after, r.json::<Value>().await.unwrap())
+        })
+    });
+    let (mut stored, mut refused) = (0, 0);
+    for s in futures::future::join_all(sends).await {
+        let (status, retry_after, body) = s.unwrap();
+        match status {
+            StatusCode::CREATED => stored += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                assert_eq!(retry_after.as_deref(), Some("1"), "{body}");
+                assert!(body["type"].as_str().unwrap().ends_with("/overloaded"), "{body}");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(refused > 0, "200 concurrent inserts overflow a queue of 2");
+    let (_, page) = svc.get(&key, "/v1/events?limit=1000").await;
+    assert_eq!(page["events"].as_array().unwrap().len(), stored, "exactly the acknowledged events are stored");
+}
