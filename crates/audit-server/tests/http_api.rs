@@ -16,7 +16,7 @@ mod cli;
 struct Service {
     base: String,
     http: reqwest::Client,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
 }
 
 fn free_port() -> u16 {
@@ -43,7 +43,7 @@ impl Service {
             c.env(k, v);
         }
         let child = c.spawn().expect("audit-db serve starts");
-        let s = Service { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new(), _child: child };
+        let s = Service { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new(), child };
         let url = format!("{}/ready", s.base);
         let http = s.http.clone();
         wait_for("the service to be ready", Duration::from_secs(30), || {
@@ -520,4 +520,26 @@ async fn a_full_insert_queue_answers_429_with_retry_after_and_stores_exactly_the
     assert!(refused > 0, "200 concurrent inserts overflow a queue of 2");
     let (_, page) = svc.get(&key, "/v1/events?limit=1000").await;
     assert_eq!(page["events"].as_array().unwrap().len(), stored, "exactly the acknowledged events are stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_in_flight_batch_before_the_service_exits() {
+    let db = migrated("http_drain").await;
+    let mut svc = Service::start(&db, &[NO_AUDIT]).await;
+    let key = key_of(&db, "org_a", "ingest,query");
+    let n = 15_000;
+    let body: String = (0..n).map(|i| format!("{}\n", event("org_a", &format!("drain_{i}")))).collect();
+    let (http, url, k) = (svc.http.clone(), svc.url("/v1/events:batch"), key.clone());
+    let in_flight = tokio::spawn(async move { http.post(url).bearer_auth(k).body(body).send().await?.text().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = svc.child.id().expect("the service runs").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let answer = in_flight.await.unwrap().expect("the in-flight request is answered, not cut off");
+    let summary: Value = serde_json::from_str(answer.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["summary"]["accepted"], n, "{summary}");
+    let status = tokio::time::timeout(Duration::from_secs(30), svc.child.wait()).await.expect("it exits").unwrap();
+    assert!(status.success(), "a clean exit after draining: {status:?}");
+    let pg = audit_testkit::sql(&db.url).await;
+    let stored: i64 = pg.query_one("SELECT count(*) FROM audit_log", &[]).await.unwrap().get(0);
+    assert_eq!(stored, n as i64);
 }
