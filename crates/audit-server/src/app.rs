@@ -113,10 +113,14 @@ impl App {
             .context("opening the partition manager (has `audit-db migrate` run?)")
     }
 
-    /// Applies migrations and premakes partitions (idempotent). Returns the migrations applied now.
+    /// Applies migrations, premakes partitions and seals the partitions whose period is over (idempotent; on a
+    /// database upgraded from the layout with a GIN index on every partition this builds it back, concurrently, on
+    /// the partitions no longer written). Returns the migrations applied now.
     pub async fn migrate(&self) -> anyhow::Result<Vec<String>> {
         let applied = audit_pg::run_migrations(&self.connector).await?;
-        self.partitions().await?.premake().await.context("creating the current and upcoming partitions")?;
+        let partitions = self.partitions().await?;
+        partitions.premake().await.context("creating the current and upcoming partitions")?;
+        partitions.seal_due(chrono::Utc::now()).await.context("sealing the partitions no longer written")?;
         Ok(applied)
     }
 
