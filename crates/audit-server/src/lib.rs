@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod filter_params;
 pub mod http;
+pub mod privacy;
 pub mod readiness;
 pub mod telemetry;
 pub mod workload;
