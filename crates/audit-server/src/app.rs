@@ -173,16 +173,20 @@ impl App {
         }
     }
 
-    /// The personal-data policy of `[privacy]` (`None` when no personal field is configured): the master key is
-    /// read from its file now, subject keys on demand, on a small pool of the primary under the primary's policy.
+    /// The personal-data policy of `[privacy]` (`None` without a master key): the master key is read from its file
+    /// now, subject keys on demand, on a small pool of the primary under the primary's policy. The HTTP service
+    /// shares one between its client and the admin erase route (`crate::privacy::erase_subject`).
     pub fn privacy(&self) -> anyhow::Result<Option<std::sync::Arc<Privacy>>> {
         let p = &self.config.privacy;
-        if !p.is_on() {
+        // With a master key but no personal field, nothing new is sealed, but values sealed while the policy was on
+        // still read (and subjects can still be erased).
+        let Some(path) = p.master_key_file.as_ref() else {
+            anyhow::ensure!(
+                !p.is_on(),
+                "personal fields are configured but no master key: set AUDIT_DB_MASTER_KEY_FILE (`audit-db keygen --master --out DIR`)"
+            );
             return Ok(None);
-        }
-        let path = p.master_key_file.as_ref().context(
-            "personal fields are configured but no master key: set AUDIT_DB_MASTER_KEY_FILE (`audit-db keygen --master --out DIR`)",
-        )?;
+        };
         let text = std::fs::read_to_string(path).with_context(|| format!("reading master key {}", path.display()))?;
         let master =
             audit_privacy::FileMasterKey::parse(&text).with_context(|| format!("parsing {}", path.display()))?;

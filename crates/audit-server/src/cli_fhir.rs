@@ -8,9 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use audit_client::{Ack, BatchItem};
 use audit_core::{NewEvent, ValidationError};
-use audit_fhir::{BundleWriter, ExportContext, FhirError, to_audit_event_model};
+use audit_fhir::{BundleWriter, ExportContext, to_audit_event_model};
 use chrono::Utc;
-use serde_json::Value;
 
 use audit_server::app::App;
 use audit_server::filter_params::{FilterParams, ParamNames};
@@ -97,41 +96,6 @@ pub(crate) async fn export(app: App, args: ExportArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// The events of a FHIR input, each with where it came from (`Bundle.entry[3]`, `line 7`) and its mapping:
-/// a Bundle (any type) or one AuditEvent as a JSON document, or FHIR bulk NDJSON (one AuditEvent per line).
-fn fhir_events(text: &str) -> Vec<(String, Result<Value, FhirError>)> {
-    if let Ok(doc) = serde_json::from_str::<Value>(text) {
-        if doc.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
-            let entries = doc.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
-            return entries
-                .iter()
-                .enumerate()
-                .map(|(i, entry)| {
-                    let at = format!("Bundle.entry[{i}]");
-                    let r = match entry.get("resource") {
-                        Some(res) => audit_fhir::from_audit_event(res)
-                            .map_err(|e| FhirError { path: format!("{at}.resource/{}", e.path), reason: e.reason }),
-                        None => Err(FhirError { path: format!("{at}.resource"), reason: "missing".into() }),
-                    };
-                    (at, r)
-                })
-                .collect();
-        }
-        return vec![("resource".to_string(), audit_fhir::from_audit_event(&doc))];
-    }
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            let at = format!("line {}", i + 1);
-            let r = serde_json::from_str::<Value>(l)
-                .map_err(|e| FhirError { path: "AuditEvent".into(), reason: format!("not JSON: {e}") })
-                .and_then(|v| audit_fhir::from_audit_event(&v));
-            (at, r)
-        })
-        .collect()
-}
-
 /// Runs `audit-db ingest --format fhir`: maps every AuditEvent, validates it as any event, stores the valid ones
 /// (the rest named on stderr by position and FHIR path), prints the same summary line as NDJSON ingest.
 pub(crate) async fn ingest(app: App, input: Box<dyn BufRead + Send>) -> anyhow::Result<ExitCode> {
@@ -143,7 +107,7 @@ pub(crate) async fn ingest(app: App, input: Box<dyn BufRead + Send>) -> anyhow::
     let mut labels = Vec::new();
     let mut results: Vec<Result<NewEvent, ValidationError>> = Vec::new();
     let mut fhir_rejected = 0u64;
-    for (at, mapped) in fhir_events(&text) {
+    for (at, mapped) in audit_server::fhir::fhir_events(&text) {
         match mapped {
             Ok(v) => {
                 labels.push(at);

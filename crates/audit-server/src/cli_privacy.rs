@@ -21,10 +21,9 @@ pub(crate) struct EraseArgs {
 }
 
 pub(crate) async fn run(app: App, args: EraseArgs) -> anyhow::Result<ExitCode> {
-    let privacy = app.privacy()?.context(
-        "no personal-data policy: erasure needs AUDIT_DB_PERSONAL_FIELDS and AUDIT_DB_MASTER_KEY_FILE (the keys of \
-         the subjects live under that master key)",
-    )?;
+    let privacy = app
+        .privacy()?
+        .context("no master key: erasure needs AUDIT_DB_MASTER_KEY_FILE (the subjects' keys are wrapped under it)")?;
     let client = app.client_with_privacy(Some(privacy.clone())).await?;
     let partitions = app.partitions().await?;
     let report = erase_subject(&client, &privacy, &partitions, &args.subject, args.dry_run, &args.by).await?;

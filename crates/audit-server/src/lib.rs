@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod config;
+pub mod fhir;
 pub mod filter_params;
 pub mod http;
 pub mod privacy;
