@@ -395,7 +395,7 @@ async fn every_read_is_recorded_in_the_readers_organisation_and_probes_answer() 
 }
 
 /// Examples schemathesis generates per operation (recorded in docs/api.md).
-const SCHEMATHESIS_EXAMPLES: &str = "50";
+const SCHEMATHESIS_EXAMPLES: &str = "30";
 
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_response_outside_the_schema() {
