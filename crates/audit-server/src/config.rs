@@ -8,6 +8,7 @@ use audit_client::IngestConfig;
 use audit_integrity::IntegrityConfig;
 use audit_partition::{PartitionConfig, PartitionInterval, PartitionStrategy};
 use audit_pg::DatabaseConfig;
+use audit_privacy::PrivacyConfig;
 use audit_replica::{ReplicaEndpoint, RouterConfig};
 use audit_resilience::CircuitBreakerConfig;
 use serde::{Deserialize, Serialize};
@@ -148,6 +149,8 @@ pub struct AuditConfig {
     pub replicas: Vec<ReplicaEndpoint>,
     /// `[api]`: the HTTP service.
     pub api: ApiConfig,
+    /// `[privacy]`: personal fields and the master key (crypto-shredding; off by default).
+    pub privacy: PrivacyConfig,
 }
 
 fn parse<T: std::str::FromStr>(key: &str, raw: &str) -> Result<T, ConfigError> {
@@ -268,6 +271,14 @@ pub const ENVIRONMENT: &[(&str, Setter)] = &[
         c.api.audit_reads = parse_bool(k, v)?;
         Ok(())
     }),
+    ("AUDIT_DB_PERSONAL_FIELDS", |c, k, v| {
+        c.privacy.personal_fields = audit_core::PersonalFields::parse(v).map_err(|r| cfg_err(k, r))?;
+        Ok(())
+    }),
+    ("AUDIT_DB_MASTER_KEY_FILE", |c, _, v| {
+        c.privacy.master_key_file = Some(v.into());
+        Ok(())
+    }),
 ];
 
 /// Prefix of the numbered read-replica variables (`AUDIT_DB_READ_REPLICA_1`, `_2`, … until the first gap).
@@ -315,6 +326,7 @@ impl AuditConfig {
         self.replica_router.check().map_err(|(k, r)| cfg_err(k, r))?;
         audit_replica::check_replicas(&self.replicas).map_err(|(k, r)| cfg_err(k, r))?;
         self.api.check().map_err(|(k, r)| cfg_err(k, r))?;
+        self.privacy.check().map_err(|(k, r)| cfg_err(k, r))?;
         Ok(())
     }
 }
@@ -347,6 +359,20 @@ mod tests {
         assert!(c.database.ssl, "TLS is asked for (crates/audit-pg/tests/tls.rs proves what it does)");
         let e = AuditConfig::load(None, |k| (k == "AUDIT_DB_PARTITION_INTERVAL").then(|| "weekly".into())).unwrap_err();
         assert_eq!(e.key, "AUDIT_DB_PARTITION_INTERVAL");
+    }
+
+    #[test]
+    fn privacy_is_off_by_default_and_needs_a_master_key() {
+        assert!(!AuditConfig::default().privacy.is_on());
+        let e =
+            AuditConfig::load(None, |k| (k == "AUDIT_DB_PERSONAL_FIELDS").then(|| "principal_id".into())).unwrap_err();
+        assert_eq!(e.key, "privacy.masterKeyFile");
+        let e = AuditConfig::load(None, |k| (k == "AUDIT_DB_PERSONAL_FIELDS").then(|| "email".into())).unwrap_err();
+        assert_eq!(e.key, "AUDIT_DB_PERSONAL_FIELDS");
+        assert!(e.reason.contains("`email`"), "{e}");
+        let toml = "[privacy]\npersonalFields = [\"principal_id\", \"details.patient_name\"]\nmasterKeyFile = \"/k/master.key\"\n";
+        let c = AuditConfig::load(Some(toml), |_| None).unwrap();
+        assert_eq!(c.privacy.personal_fields.to_list(), "principal_id,details.patient_name");
     }
 
     #[test]
@@ -388,10 +414,22 @@ mod tests {
                 | "AUDIT_DB_DATA_DIR"
                 | "AUDIT_DB_ARCHIVE_DIR"
                 | "LOG_LEVEL"
-                | "AUDIT_DB_SIGNING_KEY_FILE" => "/x",
+                | "AUDIT_DB_SIGNING_KEY_FILE"
+                | "AUDIT_DB_MASTER_KEY_FILE" => "/x",
+                "AUDIT_DB_PERSONAL_FIELDS" => "principal_id",
                 _ => "7",
             };
-            let changed = AuditConfig::load(None, |k| (k == *key).then(|| value.to_string())).unwrap();
+            // A personal-field list needs a master key beside it.
+            let changed = AuditConfig::load(None, |k| {
+                if k == *key {
+                    Some(value.to_string())
+                } else if *key == "AUDIT_DB_PERSONAL_FIELDS" && k == "AUDIT_DB_MASTER_KEY_FILE" {
+                    Some("/k".to_string())
+                } else {
+                    None
+                }
+            })
+            .unwrap();
             let changed = if *key == "REDIS_CLUSTER_MODE" {
                 // false is the default; true needs a URL to be meaningful but is accepted.
                 AuditConfig::load(None, |k| (k == *key).then(|| "true".to_string())).unwrap()
