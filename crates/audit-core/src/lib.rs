@@ -9,6 +9,7 @@
 pub mod error;
 pub mod event;
 pub mod filter;
+pub mod indexes;
 pub mod metrics;
 pub mod retry;
 pub mod routing;
@@ -18,6 +19,7 @@ pub mod validate;
 pub use error::{AuditError, AuditResult, ErrorClass, ErrorKind, SqlState, classify_sqlstate};
 pub use event::{DataClassification, NewEvent, Status, StoredEvent};
 pub use filter::{Cursor, EventFilter, Page, TimeRange};
+pub use indexes::IndexAdvisor;
 pub use retry::RetrySchedule;
 pub use routing::{CommitLsn, Consistency, PrimaryOnly, ReadRoute, ReadRouter, Routed};
 pub use traits::*;
