@@ -189,6 +189,12 @@ async fn finish(m: &IndexManager, c: &Client, name: &str) -> AuditResult<String>
         .ok_or_else(|| AuditError::not_found(format!("index {name} does not exist")))?;
     let on_root: bool = row.get("on_root");
     if !on_root {
+        let (valid, ready, attached): (bool, bool, bool) =
+            (row.get("indisvalid"), row.get("indisready"), row.get("attached"));
+        if attached || (valid && ready) {
+            // Finished meanwhile (its parent's repair rebuilt and attached it).
+            return Ok("nothing to repair (valid or attached now)".into());
+        }
         // A stray partition index: remove it (a failed concurrent build).
         let ddl = format!("DROP INDEX CONCURRENTLY IF EXISTS {}", quote_ident(name));
         c.batch_execute(&ddl).await.map_err(|e| pg_error(e, "dropping a leftover partition index"))?;

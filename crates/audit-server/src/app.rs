@@ -113,6 +113,11 @@ impl App {
             .context("opening the partition manager (has `audit-db migrate` run?)")
     }
 
+    /// The index manager of `[indexes]` for this database.
+    pub fn indexes(&self) -> audit_index::IndexManager {
+        audit_index::IndexManager::new(&self.connector, self.config.indexes.clone())
+    }
+
     /// Applies migrations and premakes partitions (idempotent). Returns the migrations applied now.
     pub async fn migrate(&self) -> anyhow::Result<Vec<String>> {
         let applied = audit_pg::run_migrations(&self.connector).await?;

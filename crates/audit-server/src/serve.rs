@@ -51,6 +51,7 @@ pub(crate) async fn run(app: App, args: ServeArgs) -> anyhow::Result<ExitCode> {
         (Some(_), None) => anyhow::bail!("integrity.checkpointIntervalSecs needs AUDIT_DB_SIGNING_KEY_FILE"),
         _ => None,
     };
+    let _indexes = spawn_index_rounds(app.indexes());
     // Partition maintenance (`partition.autoMaintenance`) runs inside the client.
     let _telemetry = metrics.is_some().then(|| -> anyhow::Result<_> {
         Ok(Telemetry {
@@ -63,4 +64,42 @@ pub(crate) async fn run(app: App, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let state = Arc::new(ServiceState { client, metrics });
     serve(router(state), args.listen).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The index manager's background rounds (`indexes.analysisInterval`): usage snapshot, analysis, and what
+/// `enableAutoCreation` / `enableAutoDrop` allow (repairs of half-done builds always), each action logged. The
+/// task ends with the returned guard.
+fn spawn_index_rounds(im: audit_index::IndexManager) -> Option<AbortOnDrop> {
+    let every = im.analysis_interval()?;
+    tracing::info!(
+        every_s = every.as_secs(),
+        auto_create = im.config().enable_auto_creation,
+        auto_drop = im.config().enable_auto_drop,
+        "index analysis runs periodically"
+    );
+    Some(AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match im.run_round().await {
+                Ok((report, applied)) => tracing::info!(
+                    findings = report.findings.len(),
+                    recommendations = report.recommendations.len(),
+                    actions = applied.len(),
+                    "index analysis done"
+                ),
+                Err(e) => tracing::warn!(error = %e, "index analysis failed; next round as scheduled"),
+            }
+        }
+    })))
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

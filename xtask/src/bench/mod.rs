@@ -6,6 +6,7 @@
 
 pub(crate) mod cache_rss;
 pub(crate) mod env;
+pub(crate) mod index;
 pub(crate) mod ingest;
 pub(crate) mod integrity;
 pub(crate) mod measure;
@@ -37,8 +38,8 @@ pub(crate) struct BenchArgs {
     /// cluster.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Run only these groups or measures (comma-separated): ingest, query, integrity, retention, cache, replica, or
-    /// any measure name (its group runs).
+    /// Run only these groups or measures (comma-separated): ingest, query, integrity, retention, cache, replica,
+    /// index, or any measure name (its group runs).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Rows of the bulk ingest (overrides the mode's size; for trying the harness).
@@ -140,7 +141,7 @@ impl Sizes {
 }
 
 /// The experiment groups, in run order.
-pub(crate) const GROUPS: [&str; 6] = ["cache", "ingest", "query", "integrity", "retention", "replica"];
+pub(crate) const GROUPS: [&str; 7] = ["cache", "ingest", "query", "integrity", "retention", "replica", "index"];
 
 /// Group of each measure name this harness emits with a target.
 pub(crate) const MEASURE_GROUPS: &[(&str, &str)] = &[
@@ -159,6 +160,8 @@ pub(crate) const MEASURE_GROUPS: &[(&str, &str)] = &[
     ("replica_read_scaling", "replica"),
     ("replica_ryw_wait_p99_ms", "replica"),
     ("replica_ryw_wait_p99_ms_waiting", "replica"),
+    ("index_build_writer_max_block_ms", "index"),
+    ("index_recommend_query_speedup", "index"),
 ];
 
 /// Resolves `--only` to a set of groups; unknown names are an error naming the valid ones.
@@ -328,6 +331,7 @@ async fn run_groups(ctx: &Ctx, groups: &[&str], measures: &mut Vec<Measure>) -> 
             "integrity" => measures.extend(integrity::run(ctx, dataset.as_ref()).await?),
             "retention" => measures.extend(retention::run(ctx).await?),
             "replica" => measures.extend(replica::run(ctx).await?),
+            "index" => measures.extend(index::run(ctx).await?),
             other => bail!("unknown group {other}"),
         }
     }
