@@ -96,6 +96,23 @@ async fn recommends_the_missing_index_and_builds_it_while_writers_insert() -> an
     assert!(rec.estimated_saving_ratio > 0.5 && rec.estimated_saving_ms_per_day > 0.0, "{rec:?}");
     assert!(rec.write_entries_per_day > 0.0 && rec.size_bytes > 0, "{rec:?}");
 
+    // The background round (what `serve` runs) applies only what the configuration allows: with the default
+    // enableAutoCreation = false the creation is skipped and logged, nothing is built.
+    let (_, applied) = im.run_round().await?;
+    let skipped = applied.iter().find(|a| a.action == rec.action).expect("the round considered the creation");
+    assert_eq!(skipped.outcome, "skipped", "{applied:?}");
+    let exists: Option<tokio_postgres::Row> =
+        pg.query_opt("SELECT 1 FROM pg_class WHERE relname = $1", &[&name]).await?;
+    assert!(exists.is_none(), "{name} was built although enableAutoCreation is off");
+    let logged: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM audit_index_actions WHERE index_name = $1 AND detail->>'outcome' = 'skipped'",
+            &[&name],
+        )
+        .await?
+        .get(0);
+    assert_eq!(logged, 1, "the skipped action is recorded");
+
     // 4 writers insert continuously during the build; each insert's wait is measured.
     let stop = Arc::new(AtomicBool::new(false));
     let max_wait_us = Arc::new(AtomicU64::new(0));
@@ -167,7 +184,9 @@ async fn recommends_the_missing_index_and_builds_it_while_writers_insert() -> an
     assert!(total2 > total && covered2 == total2, "{covered2}/{total2}");
 
     // Status numbers equal pg_stat_user_indexes summed over the partitions (joined through pg_inherits here).
-    audit_testkit::wait_for("status to match pg_stat_user_indexes", Duration::from_secs(10), || async {
+    pg.batch_execute("SELECT pg_stat_force_next_flush()").await?;
+    pg.batch_execute("SELECT 1").await?;
+    audit_testkit::wait_for("status to match pg_stat_user_indexes", Duration::from_secs(30), || async {
         let status = im.status().await.unwrap();
         let rows = pg
             .query(
@@ -221,7 +240,10 @@ async fn redundant_and_unused_are_reported_protected_never_proposed() -> anyhow:
         )
         .await?;
     }
-    audit_testkit::wait_for("the scans to be counted", Duration::from_secs(10), || async {
+    // A backend publishes its counters at most once a second, else when idle for 10 s: ask for the next flush.
+    pg.batch_execute("SELECT pg_stat_force_next_flush()").await?;
+    pg.batch_execute("SELECT 1").await?;
+    audit_testkit::wait_for("the scans to be counted", Duration::from_secs(30), || async {
         im.status().await.unwrap().iter().any(|u| u.name == PRINCIPAL_ACTION && u.history_scans > 0)
     })
     .await;
