@@ -204,6 +204,34 @@ pub struct IndexReport {
     pub costing: Costing,
 }
 
+impl IndexReport {
+    /// The analysis as a health component (`indexes`): degraded while an index is invalid or missing on some
+    /// partitions (queries fall back to slower plans there); details name the counts an operator looks at.
+    pub fn health(&self) -> crate::ComponentHealth {
+        let count = |k: FindingKind| self.findings.iter().filter(|f| f.kind == k).count();
+        let broken = count(FindingKind::Invalid) + count(FindingKind::MissingOnPartitions);
+        crate::ComponentHealth {
+            name: "indexes".into(),
+            status: if broken > 0 { crate::HealthState::Degraded } else { crate::HealthState::Healthy },
+            details: serde_json::json!({
+                "analyzed_at": self.at,
+                "indexes": self.indexes.iter().map(|u| serde_json::json!({
+                    "name": u.name, "scans": u.scans, "size_bytes": u.size_bytes, "valid": u.valid,
+                    "partitions": format!("{}/{}", u.partitions_covered, u.partitions_total),
+                    "last_used": u.last_used,
+                })).collect::<Vec<_>>(),
+                "unused": count(FindingKind::Unused),
+                "duplicate": count(FindingKind::Duplicate),
+                "redundant": count(FindingKind::Redundant),
+                "invalid": count(FindingKind::Invalid),
+                "missing_on_partitions": count(FindingKind::MissingOnPartitions),
+                "recommendations": self.recommendations.len(),
+                "workload_available": self.workload_available,
+            }),
+        }
+    }
+}
+
 /// What happened to one action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppliedAction {

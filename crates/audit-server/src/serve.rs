@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use audit_integrity::NoteSigner;
 use audit_server::app::App;
-use audit_server::http::{ServiceState, router, serve};
+use audit_server::http::{IndexHealthSlot, ServiceState, router, serve};
 use audit_server::telemetry::Telemetry;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
@@ -51,7 +51,8 @@ pub(crate) async fn run(app: App, args: ServeArgs) -> anyhow::Result<ExitCode> {
         (Some(_), None) => anyhow::bail!("integrity.checkpointIntervalSecs needs AUDIT_DB_SIGNING_KEY_FILE"),
         _ => None,
     };
-    let _indexes = spawn_index_rounds(app.indexes());
+    let index_health: IndexHealthSlot = Default::default();
+    let _indexes = spawn_index_rounds(app.indexes(), index_health.clone());
     // Partition maintenance (`partition.autoMaintenance`) runs inside the client.
     let _telemetry = metrics.is_some().then(|| -> anyhow::Result<_> {
         Ok(Telemetry {
@@ -61,15 +62,15 @@ pub(crate) async fn run(app: App, args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         .spawn())
     });
-    let state = Arc::new(ServiceState { client, metrics });
+    let state = Arc::new(ServiceState { client, metrics, indexes: index_health });
     serve(router(state), args.listen).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The index manager's background rounds (`indexes.analysisInterval`): usage snapshot, analysis, and what
-/// `enableAutoCreation` / `enableAutoDrop` allow (repairs of half-done builds always), each action logged. The
-/// task ends with the returned guard.
-fn spawn_index_rounds(im: audit_index::IndexManager) -> Option<AbortOnDrop> {
+/// `enableAutoCreation` / `enableAutoDrop` allow (repairs of half-done builds always), each action logged; the
+/// analysis becomes the `indexes` component of `/health`. The task ends with the returned guard.
+fn spawn_index_rounds(im: audit_index::IndexManager, health: IndexHealthSlot) -> Option<AbortOnDrop> {
     let every = im.analysis_interval()?;
     tracing::info!(
         every_s = every.as_secs(),
@@ -83,12 +84,17 @@ fn spawn_index_rounds(im: audit_index::IndexManager) -> Option<AbortOnDrop> {
         loop {
             tick.tick().await;
             match im.run_round().await {
-                Ok((report, applied)) => tracing::info!(
-                    findings = report.findings.len(),
-                    recommendations = report.recommendations.len(),
-                    actions = applied.len(),
-                    "index analysis done"
-                ),
+                Ok((report, applied)) => {
+                    tracing::info!(
+                        findings = report.findings.len(),
+                        recommendations = report.recommendations.len(),
+                        actions = applied.len(),
+                        "index analysis done"
+                    );
+                    if let Ok(mut slot) = health.lock() {
+                        *slot = Some(report.health());
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "index analysis failed; next round as scheduled"),
             }
         }

@@ -128,3 +128,45 @@ async fn apply_killed_mid_build_is_finished_by_the_next_run() -> anyhow::Result<
     assert!(cli::stderr(&o).contains("protected"), "{}", cli::stderr(&o));
     Ok(())
 }
+
+/// GET `path` from 127.0.0.1:`port` (HTTP/1.0, whole body).
+async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    buf.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// `serve` runs an index round at start (then every `analysisInterval`): `/health` carries the `indexes`
+/// component and `/metrics` the index series.
+#[tokio::test]
+async fn serve_reports_indexes_in_health_and_metrics() -> anyhow::Result<()> {
+    let db = audit_testkit::TestDb::create("idx_serve").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let _serve = cli::async_command(&["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &db.url)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut health = Value::Null;
+    for _ in 0..300 {
+        if let Some(body) = http_get(port, "/health").await
+            && let Ok(v) = serde_json::from_str::<Value>(&body)
+            && !v["components"]["indexes"].is_null()
+        {
+            health = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ix = &health["components"]["indexes"];
+    assert_eq!(ix["status"], "healthy", "{health:#}");
+    let names: Vec<&str> =
+        ix["details"]["indexes"].as_array().unwrap().iter().filter_map(|i| i["name"].as_str()).collect();
+    assert!(names.contains(&"audit_log_pkey") && names.contains(&"audit_log_log_seq_idx"), "{names:?}");
+    let metrics = http_get(port, "/metrics").await.unwrap_or_default();
+    assert!(metrics.contains("audit_db_index_size_bytes{index=\"audit_log_pkey\"}"), "{metrics}");
+    assert!(metrics.contains("audit_db_index_scans_total"), "{metrics}");
+    Ok(())
+}

@@ -26,7 +26,12 @@ pub struct ServiceState {
     pub client: Client,
     /// The Prometheus recorder's handle; `None` when metrics are off (`METRICS_ENABLED=false`: `/metrics` is 404).
     pub metrics: Option<PrometheusHandle>,
+    /// The latest index analysis as a health component (`indexes` in `/health`), set by the background rounds.
+    pub indexes: IndexHealthSlot,
 }
+
+/// Where the background index rounds leave their latest health component.
+pub type IndexHealthSlot = Arc<std::sync::Mutex<Option<audit_core::ComponentHealth>>>;
 
 impl std::fmt::Debug for ServiceState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,7 +130,15 @@ async fn list_events(
 }
 
 async fn health(State(s): State<Arc<ServiceState>>) -> Response {
-    let report = s.client.health().await;
+    let mut report = s.client.health().await;
+    let indexes = s.indexes.lock().map(|g| g.clone()).unwrap_or(None);
+    if let Some(c) = indexes {
+        // Index problems only degrade: queries still run, on slower plans.
+        if c.status != HealthState::Healthy && report.overall == HealthState::Healthy {
+            report.overall = HealthState::Degraded;
+        }
+        report.components.insert(c.name.clone(), c);
+    }
     let code = if report.overall == HealthState::Unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     (code, Json(report)).into_response()
 }
