@@ -118,10 +118,14 @@ impl App {
         audit_index::IndexManager::new(&self.connector, self.config.indexes.clone())
     }
 
-    /// Applies migrations and premakes partitions (idempotent). Returns the migrations applied now.
+    /// Applies migrations, premakes partitions and seals the partitions whose period is over (idempotent; on a
+    /// database upgraded from the layout with a GIN index on every partition this builds it back, concurrently, on
+    /// the partitions no longer written). Returns the migrations applied now.
     pub async fn migrate(&self) -> anyhow::Result<Vec<String>> {
         let applied = audit_pg::run_migrations(&self.connector).await?;
-        self.partitions().await?.premake().await.context("creating the current and upcoming partitions")?;
+        let partitions = self.partitions().await?;
+        partitions.premake().await.context("creating the current and upcoming partitions")?;
+        partitions.seal_due(chrono::Utc::now()).await.context("sealing the partitions no longer written")?;
         Ok(applied)
     }
 
@@ -132,6 +136,29 @@ impl App {
         let wait = options.acquire_timeout;
         let pool = build_pool(self.connector.clone(), &options)?;
         Ok(IntegrityStore::new(pool, self.database_policy(), wait))
+    }
+
+    /// The API keys of the HTTP service, on their own small pool; lookups cached for `api.keyCacheTtlMs`.
+    pub fn api_keys(&self) -> anyhow::Result<crate::api_keys::ApiKeyStore> {
+        let mut options = self.config.database.pool_options();
+        options.max_connections = options.max_connections.min(4);
+        let wait = options.acquire_timeout;
+        let pool = build_pool(self.connector.clone(), &options)?;
+        Ok(crate::api_keys::ApiKeyStore::new(pool, wait, Duration::from_millis(self.config.api.key_cache_ttl_ms)))
+    }
+
+    /// The checkpoint public key of `integrity.signingKeyFile` (or `signing.pub` beside it); `None` without one.
+    pub fn verifier(&self) -> anyhow::Result<Option<audit_integrity::NoteVerifier>> {
+        let Some(path) = &self.config.integrity.signing_key_file else { return Ok(None) };
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(s) = audit_integrity::NoteSigner::parse(text.trim())
+        {
+            return Ok(Some(s.verifier()));
+        }
+        let public = path.with_file_name("signing.pub");
+        let text = std::fs::read_to_string(&public)
+            .with_context(|| format!("reading {} (or a private key at {})", public.display(), path.display()))?;
+        Ok(Some(audit_integrity::NoteVerifier::parse(text.trim())?))
     }
 
     /// The policy of one read replica: its own breaker (`replica:<id>`) and per-attempt timeout, and no retry —

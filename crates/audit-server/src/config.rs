@@ -77,6 +77,53 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// `[api]`: the HTTP service's limits and its auditing of reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Largest request body accepted, bytes (larger: 413, nothing stored).
+    pub body_limit_bytes: usize,
+    /// A request taking longer is answered 503 (ms); batch ingests of large files need a generous bound.
+    pub request_timeout_ms: u64,
+    /// Requests served at once; more wait for a slot (bounds memory and database pressure).
+    pub concurrency_limit: usize,
+    /// Record every read of audit data as an `audit_log_access` event in the reader's organisation. Off only for
+    /// tests and benchmarks: HIPAA audit controls cover access to the audit log itself.
+    pub audit_reads: bool,
+    /// How long a key lookup is cached, ms (at most 1000: revocation takes effect within a second).
+    pub key_cache_ttl_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 10 * 1024 * 1024,
+            request_timeout_ms: 300_000,
+            concurrency_limit: 1024,
+            audit_reads: true,
+            key_cache_ttl_ms: 1_000,
+        }
+    }
+}
+
+impl ApiConfig {
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.body_limit_bytes == 0 {
+            return Err(("api.bodyLimitBytes", "must be at least 1".into()));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(("api.requestTimeoutMs", "must be at least 1".into()));
+        }
+        if self.concurrency_limit == 0 {
+            return Err(("api.concurrencyLimit", "must be at least 1".into()));
+        }
+        if self.key_cache_ttl_ms > 1_000 {
+            return Err(("api.keyCacheTtlMs", "at most 1000: a revoked key must stop working within a second".into()));
+        }
+        Ok(())
+    }
+}
+
 /// Everything, as one value: the seed's sections plus `[ingest]` and `[integrity]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
@@ -102,6 +149,8 @@ pub struct AuditConfig {
     /// `[[replicas]]` (id, url, weight, maxLag), or `AUDIT_DB_READ_REPLICA_1..N` (ids `replica-1`, …), which
     /// replace the file's list when set.
     pub replicas: Vec<ReplicaEndpoint>,
+    /// `[api]`: the HTTP service.
+    pub api: ApiConfig,
 }
 
 fn parse<T: std::str::FromStr>(key: &str, raw: &str) -> Result<T, ConfigError> {
@@ -210,6 +259,22 @@ pub const ENVIRONMENT: &[(&str, Setter)] = &[
         c.integrity.checkpoint_interval_secs = Some(parse(k, v)?);
         Ok(())
     }),
+    ("AUDIT_DB_API_BODY_LIMIT", |c, k, v| {
+        c.api.body_limit_bytes = parse(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_API_TIMEOUT", |c, k, v| {
+        c.api.request_timeout_ms = parse(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_API_CONCURRENCY", |c, k, v| {
+        c.api.concurrency_limit = parse(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_AUDIT_READS", |c, k, v| {
+        c.api.audit_reads = parse_bool(k, v)?;
+        Ok(())
+    }),
 ];
 
 /// Prefix of the numbered read-replica variables (`AUDIT_DB_READ_REPLICA_1`, `_2`, … until the first gap).
@@ -257,6 +322,7 @@ impl AuditConfig {
         self.replica_router.check().map_err(|(k, r)| cfg_err(k, r))?;
         self.indexes.check().map_err(|(k, r)| cfg_err(k, r))?;
         audit_replica::check_replicas(&self.replicas).map_err(|(k, r)| cfg_err(k, r))?;
+        self.api.check().map_err(|(k, r)| cfg_err(k, r))?;
         Ok(())
     }
 }
@@ -332,7 +398,7 @@ mod tests {
                 "AUDIT_DB_PARTITION_INTERVAL" => "yearly",
                 "AUDIT_DB_PARTITION_STRATEGY" => "hash",
                 "LOG_FORMAT" => "json",
-                "REDIS_CLUSTER_MODE" | "AUDIT_DB_CACHE_ENABLED" | "METRICS_ENABLED" => "false",
+                "REDIS_CLUSTER_MODE" | "AUDIT_DB_CACHE_ENABLED" | "METRICS_ENABLED" | "AUDIT_DB_AUDIT_READS" => "false",
                 "AUDIT_DB_AUTO_INDEX_OPTIMIZATION" => "true",
                 "DATABASE_URL"
                 | "REDIS_URL"

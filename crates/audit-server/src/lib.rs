@@ -6,6 +6,7 @@
 
 #![warn(missing_docs, clippy::print_stdout, clippy::print_stderr)]
 
+pub mod api_keys;
 pub mod app;
 pub mod config;
 pub mod filter_params;

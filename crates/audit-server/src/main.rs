@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cli_api_keys;
 mod cli_indexes;
 mod cli_ingest;
 mod cli_integrity;
@@ -52,8 +53,13 @@ enum Command {
     Health,
     /// The newcomer's tour: generate realistic events, ingest them, run the seed's example queries, print health.
     Demo(demo::DemoArgs),
-    /// Run the HTTP service (POST/GET /v1/events, /health, /ready, /metrics).
+    /// Run the HTTP service (/v1 API with API keys, /health, /ready, /metrics, /openapi.json).
     Serve(serve::ServeArgs),
+    /// API keys of the HTTP service: create (printed once), list, revoke.
+    ApiKeys {
+        #[command(subcommand)]
+        command: cli_api_keys::ApiKeysCommand,
+    },
     #[command(flatten)]
     Integrity(cli_integrity::IntegrityCommand),
     /// Partition maintenance: status, analyze, maintain, create, drop-expired, legal holds.
@@ -162,6 +168,7 @@ async fn run(command: Command, config: AuditConfig) -> anyhow::Result<ExitCode> 
         Command::Demo(args) => demo::run(App::open(config).await?, args).await,
         Command::Serve(args) => serve::run(App::open(config).await?, args).await,
         Command::Indexes { command } => cli_indexes::run(App::open(config).await?, command).await,
+        Command::ApiKeys { command } => cli_api_keys::run(App::open(config).await?, command).await,
         Command::Replicas { command } => cli_replicas::run(App::open(config).await?, command).await,
         Command::Embedded { action } => {
             let dir = config.database.data_dir.clone();
