@@ -74,7 +74,8 @@ SELECT c.oid, i.indisvalid, i.indisready, EXISTS (SELECT 1 FROM pg_inherits h WH
  WHERE c.relname = $1 AND pg_table_is_visible(c.oid)";
 
 /// Invalid or unready indexes on partitions of `audit_log` that are attached to nothing: what a failed
-/// `CREATE INDEX CONCURRENTLY` leaves behind.
+/// `CREATE INDEX CONCURRENTLY` leaves behind. A partition with an index build in progress (ours, or the partition
+/// manager sealing it) is left out: its index is invalid because it is being built, not because a build failed.
 pub(crate) const STRAY_LEFTOVERS: &str = "\
 SELECT c.relname::text AS name, tc.relname::text AS table_name, pg_relation_size(c.oid)::bigint AS size_bytes,
        i.indisvalid, i.indisready
@@ -84,6 +85,7 @@ SELECT c.relname::text AS name, tc.relname::text AS table_name, pg_relation_size
   JOIN pg_class tc ON tc.oid = t.relid
  WHERE t.level > 0 AND (NOT i.indisvalid OR NOT i.indisready)
    AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)
+   AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.relid = i.indrelid)
  ORDER BY 1";
 
 /// The columns of `audit_log` with the planner's statistics (distinct values, average width), summed over
