@@ -177,6 +177,21 @@ metrics! {
     /// Exclusions of read replicas.
     REPLICA_EXCLUSIONS = "audit_db_replica_exclusions_total", Counter, ["replica", "reason"],
         "Times a read replica was taken out of rotation (down, lagging, promoted, read_failed)";
+    /// Index usage (scans summed over partitions).
+    INDEX_SCANS = "audit_db_index_scans_total", Counter, ["index"],
+        "Scans of each audit_log index since the last statistics reset, summed over its partitions (set, not incremented: a reset or a dropped partition lowers it, which rate() treats as a counter reset)";
+    /// Index size.
+    INDEX_SIZE_BYTES = "audit_db_index_size_bytes", Gauge, ["index"],
+        "Bytes of each audit_log index, summed over its partitions";
+    /// Findings of the last index analysis.
+    INDEX_FINDINGS = "audit_db_index_findings", Gauge, ["kind"],
+        "Findings of the latest index analysis by kind (unused, duplicate, redundant, invalid, missing_on_partitions, bloated)";
+    /// Recommendations of the last index analysis.
+    INDEX_RECOMMENDATIONS = "audit_db_index_recommendations", Gauge, ["action"],
+        "Recommendations of the latest index analysis by action (create, drop, repair)";
+    /// Index actions carried out.
+    INDEX_ACTIONS = "audit_db_index_actions_total", Counter, ["action", "outcome"],
+        "Index actions by action (create, drop, repair) and outcome (done, planned, skipped, failed)";
 }
 
 /// The seed's histogram buckets for [`OPERATION_DURATION`], seconds.

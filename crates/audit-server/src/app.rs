@@ -116,6 +116,11 @@ impl App {
             .context("opening the partition manager (has `audit-db migrate` run?)")
     }
 
+    /// The index manager of `[indexes]` for this database.
+    pub fn indexes(&self) -> audit_index::IndexManager {
+        audit_index::IndexManager::new(&self.connector, self.config.indexes.clone())
+    }
+
     /// Applies migrations, premakes partitions and seals the partitions whose period is over (idempotent; on a
     /// database upgraded from the layout with a GIN index on every partition this builds it back, concurrently, on
     /// the partitions no longer written). Returns the migrations applied now.

@@ -5,6 +5,7 @@
 
 use audit_cache::CacheConfig;
 use audit_client::IngestConfig;
+use audit_index::IndexConfig;
 use audit_integrity::IntegrityConfig;
 use audit_partition::{PartitionConfig, PartitionInterval, PartitionStrategy};
 use audit_pg::DatabaseConfig;
@@ -144,6 +145,8 @@ pub struct AuditConfig {
     pub integrity: IntegrityConfig,
     /// `[replicaRouter]`: strategy, health-check interval, fallback to the primary, lag bounds.
     pub replica_router: RouterConfig,
+    /// `[indexes]`: the index manager (usage history, recommendations, automatic creation and drop).
+    pub indexes: IndexConfig,
     /// `[[replicas]]` (id, url, weight, maxLag), or `AUDIT_DB_READ_REPLICA_1..N` (ids `replica-1`, …), which
     /// replace the file's list when set.
     pub replicas: Vec<ReplicaEndpoint>,
@@ -251,6 +254,10 @@ pub const ENVIRONMENT: &[(&str, Setter)] = &[
         c.integrity.signing_key_file = Some(v.into());
         Ok(())
     }),
+    ("AUDIT_DB_AUTO_INDEX_OPTIMIZATION", |c, k, v| {
+        c.indexes.enable_auto_creation = parse_bool(k, v)?;
+        Ok(())
+    }),
     ("AUDIT_DB_CHECKPOINT_INTERVAL_SECS", |c, k, v| {
         c.integrity.checkpoint_interval_secs = Some(parse(k, v)?);
         Ok(())
@@ -324,6 +331,7 @@ impl AuditConfig {
         self.circuit_breaker.check().map_err(|(k, r)| cfg_err(k, r))?;
         self.ingest.check().map_err(|(k, r)| cfg_err(k, r))?;
         self.replica_router.check().map_err(|(k, r)| cfg_err(k, r))?;
+        self.indexes.check().map_err(|(k, r)| cfg_err(k, r))?;
         audit_replica::check_replicas(&self.replicas).map_err(|(k, r)| cfg_err(k, r))?;
         self.api.check().map_err(|(k, r)| cfg_err(k, r))?;
         self.privacy.check().map_err(|(k, r)| cfg_err(k, r))?;
@@ -359,6 +367,14 @@ mod tests {
         assert!(c.database.ssl, "TLS is asked for (crates/audit-pg/tests/tls.rs proves what it does)");
         let e = AuditConfig::load(None, |k| (k == "AUDIT_DB_PARTITION_INTERVAL").then(|| "weekly".into())).unwrap_err();
         assert_eq!(e.key, "AUDIT_DB_PARTITION_INTERVAL");
+        let c = AuditConfig::load(Some("[indexes]\nunusedThresholdDays = 7\nanalysisInterval = 3600000\n"), |k| {
+            (k == "AUDIT_DB_AUTO_INDEX_OPTIMIZATION").then(|| "true".into())
+        })
+        .unwrap();
+        assert!(c.indexes.enable_auto_creation && !c.indexes.enable_auto_drop);
+        assert_eq!((c.indexes.unused_threshold_days, c.indexes.analysis_interval), (7, 3_600_000));
+        let e = AuditConfig::load(Some("[indexes]\nanalysisInterval = 5\n"), |_| None).unwrap_err();
+        assert_eq!(e.key, "indexes.analysisInterval");
     }
 
     #[test]
@@ -409,6 +425,7 @@ mod tests {
                 "AUDIT_DB_PARTITION_STRATEGY" => "hash",
                 "LOG_FORMAT" => "json",
                 "REDIS_CLUSTER_MODE" | "AUDIT_DB_CACHE_ENABLED" | "METRICS_ENABLED" | "AUDIT_DB_AUDIT_READS" => "false",
+                "AUDIT_DB_AUTO_INDEX_OPTIMIZATION" => "true",
                 "DATABASE_URL"
                 | "REDIS_URL"
                 | "AUDIT_DB_DATA_DIR"

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod cli_api_keys;
 mod cli_fhir;
+mod cli_indexes;
 mod cli_ingest;
 mod cli_integrity;
 mod cli_partitions;
@@ -75,6 +76,12 @@ enum Command {
     Partitions {
         #[command(subcommand)]
         command: cli_partitions::PartitionsCommand,
+    },
+    /// Indexes of audit_log: `status` (usage over partitions), `recommend` (findings and workload-driven
+    /// recommendations), `apply [--dry-run]` (non-blocking builds, repairs), `drop NAME`.
+    Indexes {
+        #[command(subcommand)]
+        command: cli_indexes::IndexesCommand,
     },
     /// Read replicas: `status` shows each one's health, lag, latency and why it is excluded.
     Replicas {
@@ -199,6 +206,7 @@ async fn run(command: Command, config: AuditConfig) -> anyhow::Result<ExitCode> 
         Command::Partitions { command } => cli_partitions::run(App::open(config).await?, command).await,
         Command::Demo(args) => demo::run(App::open(config).await?, args).await,
         Command::Serve(args) => serve::run(App::open(config).await?, args).await,
+        Command::Indexes { command } => cli_indexes::run(App::open(config).await?, command).await,
         Command::ApiKeys { command } => cli_api_keys::run(App::open(config).await?, command).await,
         Command::Replicas { command } => cli_replicas::run(App::open(config).await?, command).await,
         Command::Erase(args) => cli_privacy::run(App::open(config).await?, args).await,

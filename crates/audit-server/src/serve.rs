@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use audit_integrity::NoteSigner;
 use audit_server::app::App;
-use audit_server::http::{ServiceState, drain_insert_queue, router, serve};
+use audit_server::http::{IndexHealthSlot, ServiceState, drain_insert_queue, router, serve};
 use audit_server::telemetry::Telemetry;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
@@ -51,6 +51,8 @@ pub(crate) async fn run(app: App, args: ServeArgs) -> anyhow::Result<ExitCode> {
         (Some(_), None) => anyhow::bail!("integrity.checkpointIntervalSecs needs AUDIT_DB_SIGNING_KEY_FILE"),
         _ => None,
     };
+    let index_health: IndexHealthSlot = Default::default();
+    let _indexes = spawn_index_rounds(app.indexes(), index_health.clone());
     // Partition maintenance (`partition.autoMaintenance`) runs inside the client.
     let _telemetry = metrics.is_some().then(|| -> anyhow::Result<_> {
         Ok(Telemetry {
@@ -60,7 +62,9 @@ pub(crate) async fn run(app: App, args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         .spawn())
     });
-    let state = Arc::new(ServiceState::new(&app, client.clone(), metrics)?);
+    let mut state = ServiceState::new(&app, client.clone(), metrics)?;
+    state.indexes = index_health;
+    let state = Arc::new(state);
     if !app.config.api.audit_reads {
         tracing::warn!(
             "reads through the API are NOT audited (AUDIT_DB_AUDIT_READS=false): for tests and benchmarks only"
@@ -71,4 +75,47 @@ pub(crate) async fn run(app: App, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // (a request cut off by a client disconnect) is given time to commit.
     drain_insert_queue(&client, std::time::Duration::from_secs(30)).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The index manager's background rounds (`indexes.analysisInterval`): usage snapshot, analysis, and what
+/// `enableAutoCreation` / `enableAutoDrop` allow (repairs of half-done builds always), each action logged; the
+/// analysis becomes the `indexes` component of `/health`. The task ends with the returned guard.
+fn spawn_index_rounds(im: audit_index::IndexManager, health: IndexHealthSlot) -> Option<AbortOnDrop> {
+    let every = im.analysis_interval()?;
+    tracing::info!(
+        every_s = every.as_secs(),
+        auto_create = im.config().enable_auto_creation,
+        auto_drop = im.config().enable_auto_drop,
+        "index analysis runs periodically"
+    );
+    Some(AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match im.run_round().await {
+                Ok((report, applied)) => {
+                    tracing::info!(
+                        findings = report.findings.len(),
+                        recommendations = report.recommendations.len(),
+                        actions = applied.len(),
+                        "index analysis done"
+                    );
+                    if let Ok(mut slot) = health.lock() {
+                        *slot = Some(report.health());
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "index analysis failed; next round as scheduled"),
+            }
+        }
+    })))
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -7,6 +7,7 @@
 pub(crate) mod cache_rss;
 pub(crate) mod env;
 pub(crate) mod http;
+pub(crate) mod index;
 pub(crate) mod ingest;
 pub(crate) mod integrity;
 pub(crate) mod measure;
@@ -40,8 +41,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// Run only these groups or measures (comma-separated): ingest, privacy, query, integrity, retention, cache, replica,
-    /// http, or
-    /// any measure name (its group runs).
+    /// http, index, or any measure name (its group runs).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Rows of the bulk ingest (overrides the mode's size; for trying the harness).
@@ -143,8 +143,8 @@ impl Sizes {
 }
 
 /// The experiment groups, in run order.
-pub(crate) const GROUPS: [&str; 8] =
-    ["cache", "ingest", "privacy", "query", "integrity", "retention", "replica", "http"];
+pub(crate) const GROUPS: [&str; 9] =
+    ["cache", "ingest", "privacy", "query", "integrity", "retention", "replica", "http", "index"];
 
 /// Group of each measure name this harness emits with a target.
 pub(crate) const MEASURE_GROUPS: &[(&str, &str)] = &[
@@ -169,6 +169,8 @@ pub(crate) const MEASURE_GROUPS: &[(&str, &str)] = &[
     ("replica_read_scaling", "replica"),
     ("replica_ryw_wait_p99_ms", "replica"),
     ("replica_ryw_wait_p99_ms_waiting", "replica"),
+    ("index_build_writer_max_block_ms", "index"),
+    ("index_recommend_query_speedup", "index"),
     ("http_ingest_ratio_vs_library", "http"),
     ("http_query_p50_ms", "http"),
 ];
@@ -341,6 +343,7 @@ async fn run_groups(ctx: &Ctx, groups: &[&str], measures: &mut Vec<Measure>) -> 
             "retention" => measures.extend(retention::run(ctx).await?),
             "privacy" => measures.extend(privacy::run(ctx).await?),
             "replica" => measures.extend(replica::run(ctx).await?),
+            "index" => measures.extend(index::run(ctx).await?),
             "http" => measures.extend(http::run(ctx).await?),
             other => bail!("unknown group {other}"),
         }

@@ -58,7 +58,12 @@ pub struct ServiceState {
     pub primary_breaker: Arc<Breaker>,
     connector: Connector,
     migrations_current: AtomicBool,
+    /// The latest index analysis as a health component (`indexes` in `/health`), set by the background rounds.
+    pub indexes: IndexHealthSlot,
 }
+
+/// Where the background index rounds leave their latest health component.
+pub type IndexHealthSlot = Arc<std::sync::Mutex<Option<audit_core::ComponentHealth>>>;
 
 impl std::fmt::Debug for ServiceState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,6 +84,7 @@ impl ServiceState {
             primary_breaker: app.breakers().get_or_create(audit_resilience::names::PRIMARY),
             connector: app.connector().clone(),
             migrations_current: AtomicBool::new(false),
+            indexes: IndexHealthSlot::default(),
         })
     }
 
@@ -234,7 +240,15 @@ pub fn consistency_of(headers: &HeaderMap) -> Result<Consistency, ApiError> {
     responses((status = 200, description = "The process serves; body: the health report", body = Object),
               (status = 503, description = "Unhealthy", body = Object)))]
 pub(crate) async fn health(State(s): State<Arc<ServiceState>>) -> Response {
-    let report = s.client.health().await;
+    let mut report = s.client.health().await;
+    let indexes = s.indexes.lock().map(|g| g.clone()).unwrap_or(None);
+    if let Some(c) = indexes {
+        // Index problems only degrade: queries still run, on slower plans.
+        if c.status != HealthState::Healthy && report.overall == HealthState::Healthy {
+            report.overall = HealthState::Degraded;
+        }
+        report.components.insert(c.name.clone(), c);
+    }
     let code = if report.overall == HealthState::Unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     (code, Json(report)).into_response()
 }
