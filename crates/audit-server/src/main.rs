@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cli_health;
 mod cli_ingest;
 mod cli_integrity;
 mod cli_partitions;
@@ -47,8 +48,9 @@ enum Command {
     Ingest(cli_ingest::IngestArgs),
     /// Query stored events (newest first); prints `next_cursor=TOKEN` on stderr when more rows match.
     Query(Box<cli_query::QueryArgs>),
-    /// Print the health report as JSON (exit 1 when unhealthy).
-    Health,
+    /// Print the health report as JSON (exit 1 when unhealthy); with `--service URL`, ask a running service's
+    /// `/health` instead (the container HEALTHCHECK).
+    Health(cli_health::HealthArgs),
     /// The newcomer's tour: generate realistic events, ingest them, run the seed's example queries, print health.
     Demo(demo::DemoArgs),
     /// Run the HTTP service (POST/GET /v1/events, /health, /ready, /metrics).
@@ -143,7 +145,10 @@ async fn run(command: Command, config: AuditConfig) -> anyhow::Result<ExitCode> 
             cli_ingest::run(App::open(config).await?, args).await
         }
         Command::Query(args) => cli_query::run(App::open(config).await?, *args).await,
-        Command::Health => {
+        Command::Health(cli_health::HealthArgs { service: Some(url), timeout }) => {
+            cli_health::run_service(&url, std::time::Duration::from_secs(timeout.max(1))).await
+        }
+        Command::Health(_) => {
             let app = App::open(config).await?;
             let client = app.client().await?;
             let report = client.health().await;
