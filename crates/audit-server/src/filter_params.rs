@@ -54,6 +54,7 @@ pub struct FilterParams {
     pub details: Option<String>,
     /// Rows per page (default 100, at most 10000).
     #[arg(long)]
+    #[serde(deserialize_with = "limit_param")]
     pub limit: Option<u32>,
     /// Continue after this cursor (from a previous `next_cursor`).
     #[arg(long)]
@@ -81,6 +82,15 @@ impl ParamNames {
 fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let raw = String::deserialize(d)?;
     Ok(raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+}
+
+/// `limit` from a query string, naming the parameter when it is not a number (serde's own message, "cannot parse
+/// integer from empty string", names nothing).
+fn limit_param<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let raw = String::deserialize(d)?;
+    raw.trim().parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!("limit: `{raw}` is not a whole number between 0 and {}", u32::MAX))
+    })
 }
 
 /// Parses an RFC 3339 time or a `now[-N{s,m,h,d}]` expression. `now-N…` is counted from the start of the current
@@ -219,6 +229,11 @@ mod tests {
         assert!(bad.message().starts_with("--limit:"), "{bad}");
         let bad = http("from=yesterday").unwrap().to_filter(Utc::now(), ParamNames::Http).unwrap_err();
         assert!(bad.message().starts_with("from:"), "{bad}");
+        // Found by fuzzing: serde's integer error named no parameter.
+        for q in ["limit=", "limit=-1", "limit=x", "limit=99999999999"] {
+            let e = http(q).unwrap_err();
+            assert!(e.starts_with("limit: `"), "{q}: {e}");
+        }
         let bad = http("from=now-99999999999999d").unwrap().to_filter(Utc::now(), ParamNames::Http).unwrap_err();
         assert!(bad.message().starts_with("from:"), "{bad}");
     }
