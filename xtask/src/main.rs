@@ -7,6 +7,8 @@
 //!   of an unoptimised build say nothing about the product; `bench-run` refuses to run in a debug build.
 //! * `cargo xtask ha-test` — a failover driven by Patroni and etcd while audit-db writes through a multi-host URL
 //!   (needs Debian's `patroni` and `etcd-server`; see `docs/replicas.md`).
+//! * `cargo xtask chaos --trials N --seconds S [--seed X]` — crash tests with acknowledged-event accounting, fault
+//!   kinds and timings from a printed, replayable seed; `cargo xtask fuzz --cases N` — the fuzz properties, longer.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +18,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod bench;
 mod ha;
+mod reliability;
 
 /// Developer tasks of audit-db.
 #[derive(Debug, Parser)]
@@ -40,6 +43,11 @@ enum Command {
     /// Crash the leader of a Patroni + etcd pair of PostgreSQL nodes while audit-db writes through a multi-host URL;
     /// check every event is on the new leader exactly once (needs `apt-get install patroni etcd-server`).
     HaTest,
+    /// Crash tests with acknowledged-event accounting, fault kinds and timings drawn from a printed seed (replay one
+    /// with `--seed`): kill -9 of ingest, PostgreSQL crash, Redis killed, archive unwritable.
+    Chaos(reliability::ChaosArgs),
+    /// Every fuzz property of the input surfaces with `--cases N` cases each.
+    Fuzz(reliability::FuzzArgs),
     /// Internal: fill an L1 cache in a fresh process and print its resident-memory growth as JSON.
     #[command(hide = true)]
     L1RssProbe(ProbeArgs),
@@ -70,6 +78,8 @@ fn main() -> ExitCode {
             })
         }),
         Command::BenchRun(args) => multi_thread().and_then(|rt| rt.block_on(bench::run(args))),
+        Command::Chaos(args) => reliability::chaos(&args),
+        Command::Fuzz(args) => reliability::fuzz(&args),
         Command::HaTest => multi_thread().and_then(|rt| rt.block_on(ha::run())),
         Command::Migrate { database_url } => multi_thread().and_then(|rt| rt.block_on(migrate(database_url))),
     };
