@@ -131,7 +131,7 @@ async fn kill_9_of_ingest_mid_file_then_the_same_file_again_stores_every_line_on
             assert!(started.elapsed() < Duration::from_secs(60), "ingest stored nothing within 60 s");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(Duration::from_millis(rng.range(0, 400))).await;
+        tokio::time::sleep(Duration::from_millis(rng.range(0, 2_500))).await;
         child.start_kill().unwrap(); // SIGKILL
         let status = child.wait().await.unwrap();
         let at_kill = stored().await;
@@ -221,6 +221,7 @@ async fn a_postgres_crash_during_library_ingest_loses_no_acknowledged_event() {
         }
         drop(pg);
         tokio::time::sleep(Duration::from_millis(rng.range(0, 500))).await;
+        let acked_at_crash = AckLog::read(log.path()).unwrap().len();
         cluster.stop_immediate().await.expect("pg_ctl stop -m immediate");
         let down = Duration::from_millis(rng.range(100, 1_500));
         tokio::time::sleep(down).await;
@@ -233,7 +234,8 @@ async fn a_postgres_crash_during_library_ingest_loses_no_acknowledged_event() {
         assert_eq!((a.acknowledged, a.stored_events), (sent.len(), sent.len()));
         checkpoint_and_verify(&url, &key);
         println!(
-            "trial {trial}: crash for {} ms, {retries} batch retries; 0 lost, 0 duplicates of {} acknowledged",
+            "trial {trial}: crash after {acked_at_crash} acknowledged, down {} ms, {retries} batch retries; 0 lost, 0 \
+             duplicates of {} acknowledged",
             down.as_millis(),
             a.acknowledged
         );
