@@ -5,6 +5,7 @@
 //! * `cargo xtask bench [--quick] [--database-url URL] [--only NAME,...]` — the benchmark suite of
 //!   `docs/benchmarks.md`. It re-executes itself as `cargo run --release -p xtask -- bench-run …`, because the numbers
 //!   of an unoptimised build say nothing about the product; `bench-run` refuses to run in a debug build.
+//! * `cargo xtask openapi` — writes the HTTP service's OpenAPI document to `docs/openapi.json`.
 //! * `cargo xtask ha-test` — a failover driven by Patroni and etcd while audit-db writes through a multi-host URL
 //!   (needs Debian's `patroni` and `etcd-server`; see `docs/replicas.md`).
 //! * `cargo xtask chaos --trials N --seconds S [--seed X]` — crash tests with acknowledged-event accounting, fault
@@ -48,6 +49,8 @@ enum Command {
     Chaos(reliability::ChaosArgs),
     /// Every fuzz property of the input surfaces with `--cases N` cases each.
     Fuzz(reliability::FuzzArgs),
+    /// Write the service's OpenAPI 3.1 document to docs/openapi.json (a test fails when it is stale).
+    Openapi,
     /// Internal: fill an L1 cache in a fresh process and print its resident-memory growth as JSON.
     #[command(hide = true)]
     L1RssProbe(ProbeArgs),
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::BenchRun(args) => multi_thread().and_then(|rt| rt.block_on(bench::run(args))),
         Command::Chaos(args) => reliability::chaos(&args),
         Command::Fuzz(args) => reliability::fuzz(&args),
+        Command::Openapi => write_openapi(),
         Command::HaTest => multi_thread().and_then(|rt| rt.block_on(ha::run())),
         Command::Migrate { database_url } => multi_thread().and_then(|rt| rt.block_on(migrate(database_url))),
     };
@@ -98,6 +102,16 @@ fn multi_thread() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")
+}
+
+/// `cargo xtask openapi`: the document `/openapi.json` serves, written where the docs link it.
+fn write_openapi() -> anyhow::Result<ExitCode> {
+    let path = workspace_root().join("docs/openapi.json");
+    let doc = audit_server::http::openapi::document();
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
+    println!("{} {}", if old == doc { "unchanged" } else { "wrote" }, path.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The workspace root (xtask lives one level below it).

@@ -24,6 +24,9 @@ pub(crate) struct Check<'a> {
     remote: Option<[u8; 16]>,
     /// When the generations were read (ms on the cache clock).
     read_ms: u64,
+    /// The L2 value of the slot, read in the same Redis round trip as the generations (when L1 had no entry):
+    /// its raw bytes (if any) and PTTL.
+    prefetched: Option<(Option<Vec<u8>>, i64)>,
 }
 
 type Guard<'a> = PlaceholderGuard<'a, String, Val, EntryWeighter, quick_cache::DefaultHashBuilder, EvictionHook>;
@@ -48,13 +51,18 @@ impl<P: ResiliencePolicy> TieredCache<P> {
         // Generations are read BEFORE the database query (see docs/caching.md for why that order matters).
         let read_ms = self.clock.now_ms();
         let local = self.locals.read(&deps);
-        let remote = match &self.remote {
-            Some(r) => read_generations(r, &deps).await,
-            None => None,
+        let in_l1 = self.l1.cache.get(&slot);
+        // One Redis round trip per lookup: with no L1 entry to check, the L2 value is fetched in the same pipeline
+        // as the generations (it carries the fingerprint it was stored under and is served only if that matches).
+        // Not in cluster mode: the value key lives in another slot than the generations, so it is a second call.
+        let vkey = self.value_key(&slot);
+        let (remote, prefetched) = match &self.remote {
+            Some(r) => read_generations(r, &deps, (in_l1.is_none() && !r.cluster).then_some(vkey.as_str())).await,
+            None => (None, None),
         };
-        let check = Check { local: &local, remote, read_ms };
+        let check = Check { local: &local, remote, read_ms, prefetched };
 
-        if let Some(e) = self.l1.cache.get(&slot)
+        if let Some(e) = in_l1
             && self.valid(&e, &check)
         {
             self.hit(CacheTier::L1);
@@ -124,10 +132,13 @@ impl<P: ResiliencePolicy> TieredCache<P> {
         F: FnOnce() -> Fut + Send,
         Fut: Future<Output = AuditResult<Page>> + Send,
     {
-        let vkey = c.remote.map(|fp| self.value_key(slot, &fp));
-        if let Some(vkey) = &vkey
-            && let Some((page, left_ms)) = self.read_l2(vkey, slot).await
-        {
+        let l2 = match (c.remote, &c.prefetched) {
+            (Some(fp), Some((bytes, pttl))) => self.decode_l2(bytes.as_deref(), *pttl, slot, &fp),
+            // L1 had an entry that turned out stale: the value was not fetched with the generations.
+            (Some(fp), None) => self.read_l2(&self.value_key(slot), slot, &fp).await,
+            (None, _) => None,
+        };
+        if let Some((page, left_ms)) = l2 {
             let _ = guard.insert(self.entry(slot, page.clone(), c, self.clock.now_ms() + left_ms));
             self.publish_gauges();
             self.hit(CacheTier::L2);
@@ -139,39 +150,53 @@ impl<P: ResiliencePolicy> TieredCache<P> {
         if self.ttl_ms > 0 {
             let _ = guard.insert(self.entry(slot, page.clone(), c, self.clock.now_ms() + self.ttl_ms));
             self.publish_gauges();
-            if let Some(vkey) = &vkey {
-                self.write_l2(vkey, slot, &page).await;
+            if let Some(fp) = c.remote {
+                self.write_l2(&self.value_key(slot), slot, &fp, &page).await;
             }
         }
         Ok((page, CacheTier::Db))
     }
 
-    /// The value at `vkey` if it answers exactly `slot`, with the ms it has left (capped by the TTL).
-    async fn read_l2(&self, vkey: &str, slot: &str) -> Option<(Arc<Page>, u64)> {
+    /// The value at `vkey` if it was stored under fingerprint `fp` and answers exactly `slot`, with the ms it has
+    /// left (capped by the TTL).
+    async fn read_l2(&self, vkey: &str, slot: &str, fp: &[u8; 16]) -> Option<(Arc<Page>, u64)> {
         let remote = self.remote.as_ref()?;
         let mut p = redis::pipe();
         p.cmd("GET").arg(vkey).cmd("PTTL").arg(vkey);
         let (bytes, pttl) = remote.call::<(Option<Vec<u8>>, i64)>("get", Call::pipe(p)).await.ok()?;
-        match codec::decode(&bytes?) {
+        self.decode_l2(bytes.as_deref(), pttl, slot, fp)
+    }
+
+    /// An L2 value (`fingerprint ‖ codec bytes`) if it was stored under `fp` — the generations this query read,
+    /// which is what makes it fresh — and answers exactly `slot`.
+    fn decode_l2(&self, bytes: Option<&[u8]>, pttl: i64, slot: &str, fp: &[u8; 16]) -> Option<(Arc<Page>, u64)> {
+        let bytes = bytes?;
+        if bytes.len() < 16 || bytes[..16] != fp[..] {
+            // Stored under other generations (older, or newer than what this query read): not an answer for it.
+            return None;
+        }
+        match codec::decode(&bytes[16..]) {
             Ok((stored_slot, page)) if stored_slot == slot => {
                 let left = u64::try_from(pttl).ok().filter(|l| *l > 0).map_or(self.ttl_ms, |l| l.min(self.ttl_ms));
                 Some((Arc::new(page), left))
             }
             Ok(_) => {
-                warn!(key = %vkey, "L2 value answers another query; ignored");
+                warn!(slot, "L2 value answers another query; ignored");
                 None
             }
             Err(e) => {
-                warn!(key = %vkey, error = %e, "L2 value undecodable; ignored");
+                warn!(slot, error = %e, "L2 value undecodable; ignored");
                 None
             }
         }
     }
 
-    /// Stores the loader's answer in L2 (`SET … PX ttl`), unless it is too large.
-    async fn write_l2(&self, vkey: &str, slot: &str, page: &Page) {
+    /// Stores the loader's answer in L2 (`SET … PX ttl`) prefixed with the fingerprint of the generations it was
+    /// computed under, unless it is too large.
+    async fn write_l2(&self, vkey: &str, slot: &str, fp: &[u8; 16], page: &Page) {
         let Some(remote) = &self.remote else { return };
-        let bytes = codec::encode(slot, page);
+        let mut bytes = fp.to_vec();
+        bytes.extend_from_slice(&codec::encode(slot, page));
         if bytes.len() > self.max_l2_value_bytes {
             debug!(bytes = bytes.len(), "answer too large for L2");
             return;
@@ -195,41 +220,66 @@ impl<P: ResiliencePolicy> TieredCache<P> {
         })
     }
 
-    /// The L2 key of `slot` under generation fingerprint `fp`.
-    fn value_key(&self, slot: &str, fp: &[u8; 16]) -> String {
+    /// The L2 key of `slot`. One key per query, whatever the generations: the value carries the fingerprint it
+    /// was stored under, so that it can be fetched in the same round trip as the generations (a newer answer
+    /// overwrites an older one; an older one written late only costs the next reader a miss).
+    fn value_key(&self, slot: &str) -> String {
         let mut h = Sha256::new();
         h.update(slot.as_bytes());
-        h.update([0]);
-        h.update(fp);
         format!("{}v:{}", self.prefix, hex_lower(&h.finalize()[..16]))
     }
 }
 
 /// Reads the generation tokens of `deps` (creating missing ones) and returns their fingerprint, or `None` if Redis
-/// cannot be read now.
-async fn read_generations<P: ResiliencePolicy>(remote: &Remote<P>, deps: &Deps) -> Option<[u8; 16]> {
-    let mut mget = redis::cmd("MGET");
-    mget.arg(&deps.keys);
-    let mut tokens: Vec<Option<String>> = remote.call("mget", Call::cmd(mget)).await.ok()?;
+/// cannot be read now; with `value`, also that key's bytes and PTTL, in the same pipeline (one round trip).
+async fn read_generations<P: ResiliencePolicy>(
+    remote: &Remote<P>,
+    deps: &Deps,
+    value: Option<&str>,
+) -> (Option<[u8; 16]>, Option<(Option<Vec<u8>>, i64)>) {
+    let mut p = redis::pipe();
+    p.cmd("MGET").arg(&deps.keys);
+    let (mut tokens, prefetched) = match value {
+        Some(vkey) => {
+            p.cmd("GET").arg(vkey).cmd("PTTL").arg(vkey);
+            match remote.call::<(Vec<Option<String>>, Option<Vec<u8>>, i64)>("mget", Call::pipe(p)).await {
+                Ok((t, bytes, pttl)) => (t, Some((bytes, pttl))),
+                Err(_) => return (None, None),
+            }
+        }
+        None => match remote.call::<(Vec<Option<String>>,)>("mget", Call::pipe(p)).await {
+            Ok((t,)) => (t, None),
+            Err(_) => return (None, None),
+        },
+    };
+    (fingerprint(remote, deps, &mut tokens).await, prefetched)
+}
+
+/// The fingerprint of `tokens` (the values of `deps.keys`), creating the missing ones first.
+async fn fingerprint<P: ResiliencePolicy>(
+    remote: &Remote<P>,
+    deps: &Deps,
+    tokens: &mut Vec<Option<String>>,
+) -> Option<[u8; 16]> {
     if tokens.iter().any(Option::is_none) {
         // First reader of a period (or the token expired or was evicted): create a fresh random token unless a
         // writer got there first, then read again so that we hold whatever is current.
         let ttl_ms = u64::try_from(remote.generation_ttl.as_millis()).unwrap_or(u64::MAX);
         let mut p = redis::pipe();
-        for (k, t) in deps.keys.iter().zip(&tokens) {
+        for (k, t) in deps.keys.iter().zip(tokens.iter()) {
             if t.is_none() {
                 p.cmd("SET").arg(k).arg(new_token()).arg("PX").arg(ttl_ms).arg("NX").ignore();
             }
         }
         p.cmd("MGET").arg(&deps.keys);
         let (again,): (Vec<Option<String>>,) = remote.call("mget", Call::pipe(p)).await.ok()?;
-        tokens = again;
+        *tokens = again;
         if tokens.iter().any(Option::is_none) {
             return None;
         }
     }
     let mut h = Sha256::new();
-    for (k, t) in deps.keys.iter().zip(&tokens) {
+    for (k, t) in deps.keys.iter().zip(tokens.iter()) {
         h.update(k.as_bytes());
         h.update([0]);
         h.update(t.as_deref().unwrap_or("").as_bytes());

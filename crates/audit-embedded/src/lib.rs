@@ -132,6 +132,20 @@ impl EmbeddedError {
 /// Result alias of this module.
 pub type Result<T, E = EmbeddedError> = std::result::Result<T, E>;
 
+/// Server settings recommended for audit-db's write path, written into every private cluster (and listed in
+/// docs/operations.md for operators of their own server). Why: bulk ingest writes WAL fast; with the default 1 GB
+/// `max_wal_size` a checkpoint was forced every ~400k rows, and every page first touched after a checkpoint is
+/// written to WAL whole again (full-page writes). Spacing checkpoints out and compressing those full-page images
+/// (lz4: cheap on CPU) cuts WAL volume without weakening durability (`fsync`, `synchronous_commit` and
+/// `full_page_writes` stay on).
+pub const WRITE_PATH_SETTINGS: &[(&str, &str)] = &[
+    ("max_wal_size", "8GB"),
+    ("min_wal_size", "1GB"),
+    ("checkpoint_timeout", "15min"),
+    ("checkpoint_completion_target", "0.9"),
+    ("wal_compression", "lz4"),
+];
+
 /// How a private cluster is set up. `Default` gives the product's embedded settings.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -693,6 +707,9 @@ impl PrivateCluster {
              logging_collector = off\n\
              log_line_prefix = '%m [%p] '\n",
         );
+        for (name, value) in WRITE_PATH_SETTINGS {
+            let _ = writeln!(text, "{name} = {}", quote_setting(value));
+        }
         for (name, value) in &self.options.settings {
             let _ = writeln!(text, "{name} = {}", quote_setting(value));
         }

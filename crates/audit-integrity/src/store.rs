@@ -16,6 +16,7 @@ use std::sync::Arc;
 use audit_core::{AuditError, AuditResult, Direct, ErrorKind, ResiliencePolicy};
 use audit_pg::{EVENT_COLUMNS, PgPool, PooledConn, pg_error, stored_event_from_row};
 use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
 use postgres_types::ToSql;
 use serde::Serialize;
 use tokio_postgres::Row;
@@ -29,6 +30,9 @@ use crate::{
 /// Rows read per statement when walking a log: bounded memory, and a statement that finishes well within the
 /// query timeout.
 const CHUNK_ROWS: i64 = 20_000;
+
+/// Logs verified at once (at most the cores; the store's pool bounds the connections anyway).
+const VERIFY_PARALLEL_LOGS: usize = 4;
 
 /// `organization_id = $1`, or `IS NULL` for the shared log (`IS NOT DISTINCT FROM` cannot use an index).
 fn log_predicate(log_id: &str) -> &'static str {
@@ -274,6 +278,10 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
 
     /// Row views of `[from, to)`: stored rows with recomputed leaves, plus pruned positions (content archived, so
     /// their stored leaf stands for both).
+    ///
+    /// Reads [`CHUNK_ROWS`] rows per statement and recomputes each chunk's leaves on the blocking pool while the next
+    /// chunk is being read, so the server's work and ours overlap (and several logs verified at once hash on
+    /// several cores).
     async fn row_views(
         &self,
         log_id: &str,
@@ -281,23 +289,44 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
         to: i64,
         progress: &(dyn Fn(u64) + Sync),
     ) -> AuditResult<Vec<RowView>> {
+        let sql: Arc<str> = format!(
+            "SELECT {EVENT_COLUMNS} FROM audit_log WHERE {} AND seq >= ${} AND seq < ${} ORDER BY seq LIMIT {CHUNK_ROWS}",
+            log_predicate(log_id),
+            if log_id.is_empty() { 1 } else { 2 },
+            if log_id.is_empty() { 2 } else { 3 },
+        )
+        .into();
+        let fetch = |next: i64| self.rows("reading a log", sql.clone(), log_range_params(log_id, next, to));
         let mut views = Vec::new();
-        let mut n = 0u64;
-        self.for_each_event(log_id, from, to, |e| {
-            views.push(RowView {
-                seq: e.seq,
-                event_id: e.event.event_id,
-                recomputed_leaf: leaf_hash(&e),
-                stored_leaf: e.leaf_hash,
+        let mut pending = if from < to { Some(fetch(from).await?) } else { None };
+        while let Some(rows) = pending.take() {
+            let Some(last) = rows.last() else { break };
+            let last_seq: i64 = last.try_get(18).map_err(|e| pg_error(e, "reading a log"))?;
+            let full = rows.len() as i64 == CHUNK_ROWS && last_seq + 1 < to;
+            let n = rows.len() as u64;
+            let hashing = tokio::task::spawn_blocking(move || {
+                rows.iter()
+                    .map(|r| {
+                        let e = stored_event_from_row(r)?;
+                        Ok(RowView {
+                            seq: e.seq,
+                            event_id: e.event.event_id,
+                            recomputed_leaf: leaf_hash(&e),
+                            stored_leaf: e.leaf_hash,
+                        })
+                    })
+                    .collect::<AuditResult<Vec<RowView>>>()
             });
-            n += 1;
-            if n.is_multiple_of(65_536) {
-                progress(65_536);
-            }
-            Ok(())
-        })
-        .await?;
-        progress(n % 65_536);
+            let (chunk, next) = if full {
+                let (chunk, next) = tokio::join!(hashing, fetch(last_seq + 1));
+                (chunk, Some(next?))
+            } else {
+                (hashing.await, None)
+            };
+            views.extend(chunk.map_err(|e| AuditError::permanent(format!("verify: hashing task failed: {e}")))??);
+            progress(n);
+            pending = next;
+        }
         for (seq, leaf) in self.pruned_leaves(log_id, from, to).await? {
             views.push(RowView { seq, event_id: Uuid::nil(), recomputed_leaf: leaf, stored_leaf: leaf });
         }
@@ -510,39 +539,61 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
         let started = Instant::now();
         let started_at = Utc::now();
         let mut report = VerifyReport::default();
-        for (log_id, head) in self.logs(org).await? {
+        // Logs are independent: verify several at once (bounded by the cores and by the store's pool), keeping the
+        // report in log order.
+        let parallel = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, VERIFY_PARALLEL_LOGS);
+        let logs = self.logs(org).await?;
+        let mut each = futures::stream::iter(logs)
+            .map(|(log_id, head)| self.verify_log(verifier, log_id, head, incremental, progress))
+            .buffered(parallel);
+        while let Some(one) = each.next().await {
+            let (leaves, findings) = one?;
             report.logs += 1;
-            let mut findings = Vec::new();
-            let trusted = self.trusted_checkpoints(&log_id, verifier, &mut findings).await?;
-            let mut base = CompactRange::new();
-            if incremental
-                && let Some((size, root)) = self.last_verified(&log_id).await?
-                && let Some((_, t)) = trusted.iter().find(|(c, _)| c.tree_size == size && c.root_hash == root)
-                && let Some(f) = &t.frontier
-                && f.root() == t.root_hash
-                && f.size() == t.tree_size
-            {
-                base = f.clone();
-            }
-            let views = self.row_views(&log_id, base.size() as i64, i64::MAX, progress).await?;
-            report.leaves += views.len() as u64;
-            let checkpoints: Vec<TrustedCheckpoint> = trusted.iter().map(|(_, t)| t.clone()).collect();
-            findings.extend(verify_incremental(&log_id, &views, &base, &checkpoints, head as u64));
-            if findings.is_empty()
-                && let Some((c, _)) = trusted.last()
-            {
-                self.execute(
-                    "recording a verification",
-                    "INSERT INTO audit_verifications (log_id, tree_size, root_hash) VALUES ($1, $2, $3)",
-                    params![log_id.clone(), c.tree_size, c.root_hash.to_vec()],
-                )
-                .await?;
-            }
+            report.leaves += leaves;
             report.findings.extend(findings);
         }
         report.seconds = started.elapsed().as_secs_f64();
         self.record_verify_run(started_at, org, incremental, &report).await?;
         Ok(report)
+    }
+
+    /// Verifies one log: its signed checkpoints, then every leaf from the start (or from the last clean verified
+    /// checkpoint when `incremental`); records a clean result. Returns the leaves read and the findings.
+    async fn verify_log(
+        &self,
+        verifier: &NoteVerifier,
+        log_id: String,
+        head: i64,
+        incremental: bool,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> AuditResult<(u64, Vec<Finding>)> {
+        let mut findings = Vec::new();
+        let trusted = self.trusted_checkpoints(&log_id, verifier, &mut findings).await?;
+        let mut base = CompactRange::new();
+        if incremental
+            && let Some((size, root)) = self.last_verified(&log_id).await?
+            && let Some((_, t)) = trusted.iter().find(|(c, _)| c.tree_size == size && c.root_hash == root)
+            && let Some(f) = &t.frontier
+            && f.root() == t.root_hash
+            && f.size() == t.tree_size
+        {
+            base = f.clone();
+        }
+        let views = self.row_views(&log_id, base.size() as i64, i64::MAX, progress).await?;
+        let leaves = views.len() as u64;
+        let checkpoints: Vec<TrustedCheckpoint> = trusted.iter().map(|(_, t)| t.clone()).collect();
+        findings.extend(verify_incremental(&log_id, &views, &base, &checkpoints, head as u64));
+        if findings.is_empty()
+            && let Some((c, _)) = trusted.last()
+        {
+            self.execute(
+                "recording a verification",
+                "INSERT INTO audit_verifications (log_id, tree_size, root_hash) VALUES ($1, $2, $3)",
+                params![log_id.clone(), c.tree_size, c.root_hash.to_vec()],
+            )
+            .await?;
+        }
+        Ok((leaves, findings))
     }
 
     /// Appends the run's outcome to `audit_verify_runs` (what the service's verify metrics read).

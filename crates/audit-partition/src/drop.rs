@@ -27,8 +27,8 @@ const ARCHIVE_CURSOR: &str = "audit_partition_archive";
 
 /// What the drop transaction found.
 enum DropOutcome {
-    /// Leaves kept, table dropped, logged.
-    Dropped,
+    /// Leaves kept, table dropped, logged; how long keeping the leaf hashes took (`None`: an earlier attempt did).
+    Dropped(Option<f64>),
     /// A legal hold now matches a row: kept.
     Held(Vec<i64>),
     /// The table holds this many rows, not the number archived: kept.
@@ -40,7 +40,9 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
     pub(crate) async fn drop_one(&self, session: &Session, run_id: Uuid, item: &mut RetentionItem) -> AuditResult<()> {
         self.log(On::Session(session), run_id, "detaching", item, None).await?;
         metrics::counter!(RETENTION_ACTIONS, "action" => "detaching").increment(1);
+        let t = std::time::Instant::now();
         self.detach(session, &item.partition).await?;
+        item.timings.detach_s = Some(t.elapsed().as_secs_f64());
         self.forget(Period::from_bounds(self.config.interval, item.range_from, item.range_to));
         tracing::info!(partition = %item.partition, "detached partition");
         let Err(e) = self.finish_drop(session, run_id, item).await else { return Ok(()) };
@@ -77,7 +79,10 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
     /// Archive → (count check, hold re-check, keep leaves, drop, log) for a detached table.
     async fn finish_drop(&self, session: &Session, run_id: Uuid, item: &mut RetentionItem) -> AuditResult<()> {
         let archive = self.require_archive()?.clone();
+        let t = std::time::Instant::now();
         item.archive = Some(self.archive_table(session, &archive, run_id, item).await?);
+        item.timings.archive_s = Some(t.elapsed().as_secs_f64());
+        let t = std::time::Instant::now();
         let schedule = &self.ddl_retry;
         let what = format!("dropping {}", item.partition);
         let (what, shared) = (what.as_str(), &*item);
@@ -90,8 +95,10 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
                 .await
             })
             .await?;
+        item.timings.drop_transaction_s = Some(t.elapsed().as_secs_f64());
         match outcome {
-            DropOutcome::Dropped => {
+            DropOutcome::Dropped(keep_leaves_s) => {
+                item.timings.keep_leaves_s = keep_leaves_s;
                 item.action = RetentionAction::Dropped;
                 metrics::counter!(RETENTION_ACTIONS, "action" => "dropped").increment(1);
                 tracing::info!(partition = %item.partition, rows = item.rows, "archived and dropped partition");
@@ -131,7 +138,7 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
         let t = quote_ident(name);
         let pg = |e| pg_error(e, &format!("dropping {name}"));
         if dropped_by(client, run_id, name).await? {
-            return Ok(DropOutcome::Dropped);
+            return Ok(DropOutcome::Dropped(None));
         }
         let tx = client.transaction().await.map_err(pg)?;
         tx.batch_execute(&format!("{}; LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE", self.set_local_lock_timeout()))
@@ -145,11 +152,13 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
         if !holds.is_empty() {
             return Ok(DropOutcome::Held(holds));
         }
+        let t_leaves = std::time::Instant::now();
         audit_pg::pruned_leaves::retain(&tx, name).await?;
+        let keep_leaves_s = t_leaves.elapsed().as_secs_f64();
         tx.batch_execute(&format!("DROP TABLE {t}")).await.map_err(pg)?;
         insert_log(&tx, &self.actor, run_id, "dropped", item, item.detail.as_deref()).await?;
         tx.commit().await.map_err(pg)?;
-        Ok(DropOutcome::Dropped)
+        Ok(DropOutcome::Dropped(Some(keep_leaves_s)))
     }
 
     /// Streams a (detached) table's events into a staged gzip NDJSON file (one [`audit_core::StoredEvent`] JSON
@@ -291,6 +300,7 @@ async fn leftovers(client: &Client) -> AuditResult<Vec<(Uuid, RetentionItem)>> {
                 holds: Vec::new(),
                 archive: None,
                 detail: Some(format!("resumed from run {old_run}")),
+                timings: crate::retention::DropTimings::default(),
             };
             (old_run, item)
         })

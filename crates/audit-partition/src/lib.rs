@@ -2,8 +2,9 @@
 //!
 //! [`PartitionManager`] implements [`audit_core::PartitionProvisioner`] for the write path and adds what
 //! operators need: premake, per-strategy partition trees (range; range × hash of `organization_id`; range × list of
-//! `data_classification`), retention with archive and legal holds, status/analysis, and maintenance coordinated
-//! across instances by a session-level advisory lock.
+//! `data_classification`), retention with archive and legal holds, status/analysis, sealing of partitions no
+//! longer written (the indexes too expensive to keep up row by row built once, then `VACUUM (FREEZE, ANALYZE)`),
+//! and maintenance coordinated across instances by a session-level advisory lock.
 //!
 //! Every statement runs under the manager's [`audit_core::ResiliencePolicy`] (deadline, circuit breaker), on
 //! connections opened through an [`audit_pg::Connector`] (connect timeout, UTC sessions): a small pool for
@@ -25,6 +26,7 @@ mod maintenance;
 mod manager;
 mod period;
 mod retention;
+mod seal;
 mod status;
 
 pub use archive::{Archive, ArchiveFuture, ArchiveManifest, ArchiveReceipt, ArchiveSpace, DirArchive, sha256_file};
@@ -33,5 +35,6 @@ pub use holds::{HoldTarget, LegalHold};
 pub use maintenance::MaintenanceReport;
 pub use manager::{EVENT_KEY_INDEX, MAINTENANCE_LOCK_KEY, PartitionManager};
 pub use period::{PARENT_TABLE, Period, ts_literal};
-pub use retention::{RetentionAction, RetentionItem, RetentionReport, RetentionRules};
+pub use retention::{DropTimings, RetentionAction, RetentionItem, RetentionReport, RetentionRules};
+pub use seal::{SEAL_GRACE, SEALED_INDEXES, SealReport, SealedIndex};
 pub use status::{OversizedPartition, PartitionAnalysis, PartitionState, PartitionStatus};

@@ -1,4 +1,4 @@
-//! Maintenance = premake + retention + analysis, run by at most one instance at a time.
+//! Maintenance = premake + retention + sealing + analysis, run by at most one instance at a time.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::db::On;
 use crate::manager::{MAINTENANCE_LOCK_KEY, PartitionManager};
 use crate::retention::RetentionReport;
+use crate::seal::SealReport;
 use crate::status::PartitionAnalysis;
 use audit_core::metrics::MAINTENANCE_RUNS;
 
@@ -29,6 +30,8 @@ pub struct MaintenanceReport {
     pub created: Vec<String>,
     /// The retention run (a dry run when no archive is configured).
     pub retention: Option<RetentionReport>,
+    /// Partitions sealed by this run (period over: sealed indexes built, frozen, analysed).
+    pub sealed: Vec<SealReport>,
     /// The analysis after premake and retention.
     pub analysis: Option<PartitionAnalysis>,
     /// When it started.
@@ -38,7 +41,7 @@ pub struct MaintenanceReport {
 }
 
 impl<R: ResiliencePolicy> PartitionManager<R> {
-    /// Premake, retention and analysis under `pg_try_advisory_lock` held on a dedicated connection. When another
+    /// Premake, retention, sealing of partitions no longer written, and analysis under `pg_try_advisory_lock` held on a dedicated connection. When another
     /// instance holds the lock this returns at once with `ran: false` and the reason. Without an archive,
     /// retention runs as a dry run (nothing is dropped) and says so in its notes.
     pub async fn maintain(&self) -> AuditResult<MaintenanceReport> {
@@ -58,6 +61,7 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
                     skipped_reason: Some("another instance holds the partition maintenance lock".into()),
                     created: Vec::new(),
                     retention: None,
+                    sealed: Vec::new(),
                     analysis: None,
                     started_at,
                     finished_at: Utc::now(),
@@ -74,6 +78,7 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
             None => self.plan_report(On::Pool, now).await?,
         };
         self.refresh_known(On::Pool).await?;
+        let sealed = self.seal_due(now).await?;
         let analysis = self.analyze_on(On::Pool, Utc::now()).await?;
         let report = MaintenanceReport {
             instance: self.actor.clone(),
@@ -81,6 +86,7 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
             skipped_reason: None,
             created,
             retention: Some(retention),
+            sealed,
             analysis: Some(analysis),
             started_at,
             finished_at: Utc::now(),

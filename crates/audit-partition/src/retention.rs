@@ -76,6 +76,20 @@ pub enum RetentionAction {
     Failed,
 }
 
+/// Where the time of one drop went, seconds (`None` for a step that did not run). Reported so that the cost of
+/// the drop itself (detach + drop) can be told apart from the archive and from keeping the leaf hashes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DropTimings {
+    /// `DETACH PARTITION … CONCURRENTLY` (and `FINALIZE` when resumed).
+    pub detach_s: Option<f64>,
+    /// Streaming the rows to the gzip NDJSON archive and storing it with its manifest.
+    pub archive_s: Option<f64>,
+    /// The drop transaction: row count, hold check, copy of the leaf hashes into audit_log_pruned_leaves, DROP.
+    pub drop_transaction_s: Option<f64>,
+    /// The part of the drop transaction that copies the leaf hashes (what integrity needs of dropped rows).
+    pub keep_leaves_s: Option<f64>,
+}
+
 /// One expired partition in a retention report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RetentionItem {
@@ -99,6 +113,8 @@ pub struct RetentionItem {
     pub archive: Option<ArchiveReceipt>,
     /// Extra information (errors, resumed runs).
     pub detail: Option<String>,
+    /// Time of each step of a real drop.
+    pub timings: DropTimings,
 }
 
 /// The result of one retention run.
@@ -236,6 +252,7 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
             holds,
             archive: None,
             detail: None,
+            timings: DropTimings::default(),
         }))
     }
 

@@ -28,7 +28,7 @@ pub use connect::{ConnectOptions, Connector, redact};
 pub use error::{is_creation_race, pg_error, pool_error};
 pub use event_row::{COPY_TYPES, EVENT_COLUMNS, EventRow, RawJsonb, copy_sql, stored_event_from_row, write_event_row};
 pub use ident::{quote_ident, quote_literal};
-pub use migrate::{MIGRATIONS, revert_last, run_migrations};
+pub use migrate::{MIGRATIONS, pending_migrations, revert_last, run_migrations};
 pub use pool::{PgConn, PgManager, PgPool, PoolOptions, PooledConn, build_pool, checkout};
 pub use query::{BuiltQuery, build_query};
 pub use tls::describe_target;

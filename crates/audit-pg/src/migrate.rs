@@ -69,3 +69,16 @@ pub async fn revert_last(connector: &Connector) -> AuditResult<Option<String>> {
     .await
     .map_err(|e| AuditError::permanent(format!("migration task failed: {e}")))?
 }
+
+/// The migrations compiled into this binary that the database has not applied (what `/ready` checks: a service
+/// must not take traffic on a schema older than its code).
+pub async fn pending_migrations(connector: &Connector) -> AuditResult<Vec<String>> {
+    let mut conn = open(connector).await?;
+    tokio::task::spawn_blocking(move || -> AuditResult<Vec<String>> {
+        conn.pending_migrations(MIGRATIONS)
+            .map(|v| v.iter().map(|m| m.name().to_string()).collect())
+            .map_err(|e| AuditError::unavailable(format!("reading applied migrations: {e}")))
+    })
+    .await
+    .map_err(|e| AuditError::permanent(format!("migration task failed: {e}")))?
+}

@@ -19,6 +19,9 @@ use crate::config::AuditConfig;
 /// The client type the binary uses.
 pub type Client = AuditClient<PartitionManager<Policy>, TieredCache<Policy>, Policy, Router>;
 
+/// The personal-data policy the binary uses (crypto-shredding under the file master key).
+pub type Privacy = audit_privacy::Shredder<Policy>;
+
 /// The read-replica router the binary uses (with no replicas configured, every read goes to the primary).
 pub type Router = ReplicaRouter<Policy>;
 
@@ -113,10 +116,14 @@ impl App {
             .context("opening the partition manager (has `audit-db migrate` run?)")
     }
 
-    /// Applies migrations and premakes partitions (idempotent). Returns the migrations applied now.
+    /// Applies migrations, premakes partitions and seals the partitions whose period is over (idempotent; on a
+    /// database upgraded from the layout with a GIN index on every partition this builds it back, concurrently, on
+    /// the partitions no longer written). Returns the migrations applied now.
     pub async fn migrate(&self) -> anyhow::Result<Vec<String>> {
         let applied = audit_pg::run_migrations(&self.connector).await?;
-        self.partitions().await?.premake().await.context("creating the current and upcoming partitions")?;
+        let partitions = self.partitions().await?;
+        partitions.premake().await.context("creating the current and upcoming partitions")?;
+        partitions.seal_due(chrono::Utc::now()).await.context("sealing the partitions no longer written")?;
         Ok(applied)
     }
 
@@ -127,6 +134,29 @@ impl App {
         let wait = options.acquire_timeout;
         let pool = build_pool(self.connector.clone(), &options)?;
         Ok(IntegrityStore::new(pool, self.database_policy(), wait))
+    }
+
+    /// The API keys of the HTTP service, on their own small pool; lookups cached for `api.keyCacheTtlMs`.
+    pub fn api_keys(&self) -> anyhow::Result<crate::api_keys::ApiKeyStore> {
+        let mut options = self.config.database.pool_options();
+        options.max_connections = options.max_connections.min(4);
+        let wait = options.acquire_timeout;
+        let pool = build_pool(self.connector.clone(), &options)?;
+        Ok(crate::api_keys::ApiKeyStore::new(pool, wait, Duration::from_millis(self.config.api.key_cache_ttl_ms)))
+    }
+
+    /// The checkpoint public key of `integrity.signingKeyFile` (or `signing.pub` beside it); `None` without one.
+    pub fn verifier(&self) -> anyhow::Result<Option<audit_integrity::NoteVerifier>> {
+        let Some(path) = &self.config.integrity.signing_key_file else { return Ok(None) };
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(s) = audit_integrity::NoteSigner::parse(text.trim())
+        {
+            return Ok(Some(s.verifier()));
+        }
+        let public = path.with_file_name("signing.pub");
+        let text = std::fs::read_to_string(&public)
+            .with_context(|| format!("reading {} (or a private key at {})", public.display(), path.display()))?;
+        Ok(Some(audit_integrity::NoteVerifier::parse(text.trim())?))
     }
 
     /// The policy of one read replica: its own breaker (`replica:<id>`) and per-attempt timeout, and no retry —
@@ -170,8 +200,46 @@ impl App {
         }
     }
 
-    /// A connected client (fails fast, naming host and port, when the database is down).
+    /// The personal-data policy of `[privacy]` (`None` without a master key): the master key is read from its file
+    /// now, subject keys on demand, on a small pool of the primary under the primary's policy. The HTTP service
+    /// shares one between its client and the admin erase route (`crate::privacy::erase_subject`).
+    pub fn privacy(&self) -> anyhow::Result<Option<std::sync::Arc<Privacy>>> {
+        let p = &self.config.privacy;
+        // With a master key but no personal field, nothing new is sealed, but values sealed while the policy was on
+        // still read (and subjects can still be erased).
+        let Some(path) = p.master_key_file.as_ref() else {
+            anyhow::ensure!(
+                !p.is_on(),
+                "personal fields are configured but no master key: set AUDIT_DB_MASTER_KEY_FILE (`audit-db keygen --master --out DIR`)"
+            );
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading master key {}", path.display()))?;
+        let master =
+            audit_privacy::FileMasterKey::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let mut options = self.config.database.pool_options();
+        options.max_connections = options.max_connections.min(4);
+        let wait = options.acquire_timeout;
+        let pool = build_pool(self.connector.clone(), &options)?;
+        Ok(Some(std::sync::Arc::new(audit_privacy::Shredder::new(
+            p.personal_fields.clone(),
+            std::sync::Arc::new(master),
+            pool,
+            self.database_policy(),
+            wait,
+            Duration::from_secs(p.key_cache_ttl_secs),
+        ))))
+    }
+
+    /// A connected client with the configured personal-data policy installed (fails fast, naming host and port,
+    /// when the database is down).
     pub async fn client(&self) -> anyhow::Result<Client> {
+        self.client_with_privacy(self.privacy()?).await
+    }
+
+    /// A connected client with this personal-data policy (share one [`Privacy`] between the client and an erasure,
+    /// so the erasing process forgets the key at once).
+    pub async fn client_with_privacy(&self, privacy: Option<std::sync::Arc<Privacy>>) -> anyhow::Result<Client> {
         // Redis: a breaker and no retry — a slow cache must cost little; the database answers instead.
         let redis_policy = Policy::from_config(&self.config.circuit_breaker, &self.registry, "redis")
             .with_retry(RetrySchedule::none());
@@ -185,6 +253,9 @@ impl App {
             self.router().await?,
         )
         .await?;
+        if let Some(p) = privacy {
+            client.set_personal_data(p)?;
+        }
         Ok(client)
     }
 }

@@ -33,8 +33,14 @@ pub(crate) enum PartitionsCommand {
         #[arg(long, value_enum, default_value = "json")]
         format: ReportFormat,
     },
-    /// Premake + retention + analysis, under an advisory lock (other instances skip and say so).
+    /// Premake + retention + sealing + analysis, under an advisory lock (other instances skip and say so).
     Maintain,
+    /// Seal partitions no longer written: build the sealed indexes (GIN on details) concurrently on each leaf,
+    /// then VACUUM (FREEZE, ANALYZE). Without a name: every partition whose period ended over an hour ago.
+    Seal {
+        /// One partition to seal now (e.g. audit_log_2026_11), whether or not its period is over.
+        partition: Option<String>,
+    },
     /// Create the partitions covering a time range.
     Create {
         /// Start (RFC 3339 or now-N[smhd]).
@@ -140,6 +146,13 @@ pub(crate) async fn run(app: App, cmd: PartitionsCommand) -> anyhow::Result<Exit
                     println!("oversized:              {}", big.join(", "));
                 }
             }
+        }
+        PartitionsCommand::Seal { partition } => {
+            let reports = match partition {
+                Some(name) => vec![pm.seal(&name).await?],
+                None => pm.seal_due(Utc::now()).await?,
+            };
+            println!("{}", serde_json::to_string_pretty(&reports)?);
         }
         PartitionsCommand::Maintain => {
             let report = pm.maintain().await?;

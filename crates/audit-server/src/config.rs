@@ -8,6 +8,7 @@ use audit_client::IngestConfig;
 use audit_integrity::IntegrityConfig;
 use audit_partition::{PartitionConfig, PartitionInterval, PartitionStrategy};
 use audit_pg::DatabaseConfig;
+use audit_privacy::PrivacyConfig;
 use audit_replica::{ReplicaEndpoint, RouterConfig};
 use audit_resilience::CircuitBreakerConfig;
 use serde::{Deserialize, Serialize};
@@ -76,6 +77,53 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// `[api]`: the HTTP service's limits and its auditing of reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Largest request body accepted, bytes (larger: 413, nothing stored).
+    pub body_limit_bytes: usize,
+    /// A request taking longer is answered 503 (ms); batch ingests of large files need a generous bound.
+    pub request_timeout_ms: u64,
+    /// Requests served at once; more wait for a slot (bounds memory and database pressure).
+    pub concurrency_limit: usize,
+    /// Record every read of audit data as an `audit_log_access` event in the reader's organisation. Off only for
+    /// tests and benchmarks: HIPAA audit controls cover access to the audit log itself.
+    pub audit_reads: bool,
+    /// How long a key lookup is cached, ms (at most 1000: revocation takes effect within a second).
+    pub key_cache_ttl_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 10 * 1024 * 1024,
+            request_timeout_ms: 300_000,
+            concurrency_limit: 1024,
+            audit_reads: true,
+            key_cache_ttl_ms: 1_000,
+        }
+    }
+}
+
+impl ApiConfig {
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.body_limit_bytes == 0 {
+            return Err(("api.bodyLimitBytes", "must be at least 1".into()));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(("api.requestTimeoutMs", "must be at least 1".into()));
+        }
+        if self.concurrency_limit == 0 {
+            return Err(("api.concurrencyLimit", "must be at least 1".into()));
+        }
+        if self.key_cache_ttl_ms > 1_000 {
+            return Err(("api.keyCacheTtlMs", "at most 1000: a revoked key must stop working within a second".into()));
+        }
+        Ok(())
+    }
+}
+
 /// Everything, as one value: the seed's sections plus `[ingest]` and `[integrity]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
@@ -99,6 +147,10 @@ pub struct AuditConfig {
     /// `[[replicas]]` (id, url, weight, maxLag), or `AUDIT_DB_READ_REPLICA_1..N` (ids `replica-1`, …), which
     /// replace the file's list when set.
     pub replicas: Vec<ReplicaEndpoint>,
+    /// `[api]`: the HTTP service.
+    pub api: ApiConfig,
+    /// `[privacy]`: personal fields and the master key (crypto-shredding; off by default).
+    pub privacy: PrivacyConfig,
 }
 
 fn parse<T: std::str::FromStr>(key: &str, raw: &str) -> Result<T, ConfigError> {
@@ -220,6 +272,30 @@ pub const ENVIRONMENT: &[(&str, Setter)] = &[
         c.integrity.checkpoint_interval_secs = Some(parse(k, v)?);
         Ok(())
     }),
+    ("AUDIT_DB_API_BODY_LIMIT", |c, k, v| {
+        c.api.body_limit_bytes = parse(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_API_TIMEOUT", |c, k, v| {
+        c.api.request_timeout_ms = parse(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_API_CONCURRENCY", |c, k, v| {
+        c.api.concurrency_limit = parse(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_AUDIT_READS", |c, k, v| {
+        c.api.audit_reads = parse_bool(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_PERSONAL_FIELDS", |c, k, v| {
+        c.privacy.personal_fields = audit_core::PersonalFields::parse(v).map_err(|r| cfg_err(k, r))?;
+        Ok(())
+    }),
+    ("AUDIT_DB_MASTER_KEY_FILE", |c, _, v| {
+        c.privacy.master_key_file = Some(v.into());
+        Ok(())
+    }),
 ];
 
 /// Prefix of the numbered read-replica variables (`AUDIT_DB_READ_REPLICA_1`, `_2`, … until the first gap).
@@ -262,6 +338,8 @@ impl AuditConfig {
         self.ingest.check().map_err(|(k, r)| cfg_err(k, r))?;
         self.replica_router.check().map_err(|(k, r)| cfg_err(k, r))?;
         audit_replica::check_replicas(&self.replicas).map_err(|(k, r)| cfg_err(k, r))?;
+        self.api.check().map_err(|(k, r)| cfg_err(k, r))?;
+        self.privacy.check().map_err(|(k, r)| cfg_err(k, r))?;
         Ok(())
     }
 }
@@ -308,6 +386,20 @@ mod tests {
     }
 
     #[test]
+    fn privacy_is_off_by_default_and_needs_a_master_key() {
+        assert!(!AuditConfig::default().privacy.is_on());
+        let e =
+            AuditConfig::load(None, |k| (k == "AUDIT_DB_PERSONAL_FIELDS").then(|| "principal_id".into())).unwrap_err();
+        assert_eq!(e.key, "privacy.masterKeyFile");
+        let e = AuditConfig::load(None, |k| (k == "AUDIT_DB_PERSONAL_FIELDS").then(|| "email".into())).unwrap_err();
+        assert_eq!(e.key, "AUDIT_DB_PERSONAL_FIELDS");
+        assert!(e.reason.contains("`email`"), "{e}");
+        let toml = "[privacy]\npersonalFields = [\"principal_id\", \"details.patient_name\"]\nmasterKeyFile = \"/k/master.key\"\n";
+        let c = AuditConfig::load(Some(toml), |_| None).unwrap();
+        assert_eq!(c.privacy.personal_fields.to_list(), "principal_id,details.patient_name");
+    }
+
+    #[test]
     fn replicas_come_from_the_file_or_the_numbered_variables() {
         let toml = "[replicaRouter]\nstrategy = \"LEAST_LATENCY\"\nhealthCheckInterval = 500\nfallbackToMaster = false\n\
                     [[replicas]]\nid = \"east\"\nurl = \"postgres://e/db\"\nweight = 3\nmaxLag = 2000\n\
@@ -340,16 +432,28 @@ mod tests {
                 "AUDIT_DB_PARTITION_INTERVAL" => "yearly",
                 "AUDIT_DB_PARTITION_STRATEGY" => "hash",
                 "LOG_FORMAT" => "json",
-                "REDIS_CLUSTER_MODE" | "AUDIT_DB_CACHE_ENABLED" | "METRICS_ENABLED" => "false",
+                "REDIS_CLUSTER_MODE" | "AUDIT_DB_CACHE_ENABLED" | "METRICS_ENABLED" | "AUDIT_DB_AUDIT_READS" => "false",
                 "DATABASE_URL"
                 | "REDIS_URL"
                 | "AUDIT_DB_DATA_DIR"
                 | "AUDIT_DB_ARCHIVE_DIR"
                 | "LOG_LEVEL"
-                | "AUDIT_DB_SIGNING_KEY_FILE" => "/x",
+                | "AUDIT_DB_SIGNING_KEY_FILE"
+                | "AUDIT_DB_MASTER_KEY_FILE" => "/x",
+                "AUDIT_DB_PERSONAL_FIELDS" => "principal_id",
                 _ => "7",
             };
-            let changed = AuditConfig::load(None, |k| (k == *key).then(|| value.to_string())).unwrap();
+            // A personal-field list needs a master key beside it.
+            let changed = AuditConfig::load(None, |k| {
+                if k == *key {
+                    Some(value.to_string())
+                } else if *key == "AUDIT_DB_PERSONAL_FIELDS" && k == "AUDIT_DB_MASTER_KEY_FILE" {
+                    Some("/k".to_string())
+                } else {
+                    None
+                }
+            })
+            .unwrap();
             let changed = if *key == "REDIS_CLUSTER_MODE" {
                 // false is the default; true needs a URL to be meaningful but is accepted.
                 AuditConfig::load(None, |k| (k == *key).then(|| "true".to_string())).unwrap()

@@ -3,12 +3,13 @@
 
 use audit_core::{AuditError, AuditResult, Cursor, DataClassification, EventFilter, Status};
 use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Every filter a caller can give. CLI flags are the field names in kebab case (`--resource-type`); HTTP
 /// parameters are the same names in snake case (`resource_type`); multi-valued ones are comma-separated in both.
-#[derive(Debug, Clone, Default, PartialEq, clap::Args, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Deserialize, Serialize, utoipa::IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct FilterParams {
     /// Organisation.
     #[arg(long)]
@@ -18,11 +19,13 @@ pub struct FilterParams {
     pub principal: Option<String>,
     /// Action; repeat or comma-separate for any of several.
     #[arg(long, value_delimiter = ',')]
-    #[serde(deserialize_with = "comma_list")]
+    #[serde(deserialize_with = "comma_list", skip_serializing_if = "Vec::is_empty")]
+    #[param(value_type = Option<String>)]
     pub action: Vec<String>,
     /// Status (attempt, success, failure); repeat or comma-separate.
     #[arg(long, value_delimiter = ',')]
-    #[serde(deserialize_with = "comma_list")]
+    #[serde(deserialize_with = "comma_list", skip_serializing_if = "Vec::is_empty")]
+    #[param(value_type = Option<String>)]
     pub status: Vec<String>,
     /// Target resource type.
     #[arg(long)]
@@ -54,7 +57,8 @@ pub struct FilterParams {
     pub details: Option<String>,
     /// Rows per page (default 100, at most 10000).
     #[arg(long)]
-    #[serde(deserialize_with = "limit_param")]
+    #[serde(deserialize_with = "limit_number")]
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
     /// Continue after this cursor (from a previous `next_cursor`).
     #[arg(long)]
@@ -84,13 +88,13 @@ fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> 
     Ok(raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
 }
 
-/// `limit` from a query string, naming the parameter when it is not a number (serde's own message, "cannot parse
-/// integer from empty string", names nothing).
-fn limit_param<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+/// `limit` from a query string, naming the parameter when it is not a number (serde's own message does not).
+fn limit_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     let raw = String::deserialize(d)?;
-    raw.trim().parse().map(Some).map_err(|_| {
-        serde::de::Error::custom(format!("limit: `{raw}` is not a whole number between 0 and {}", u32::MAX))
-    })
+    raw.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("limit: `{raw}` is not a whole number from 1 to 10000")))
 }
 
 /// Parses an RFC 3339 time or a `now[-N{s,m,h,d}]` expression. `now-N…` is counted from the start of the current
@@ -125,6 +129,15 @@ pub fn parse_time(param: &str, s: &str, now: DateTime<Utc>) -> AuditResult<DateT
 }
 
 impl FilterParams {
+    /// The parameters given, as JSON (what an audited read records as its filter).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.retain(|_, x| !x.is_null());
+        }
+        v
+    }
+
     /// Builds the filter, naming the flag or parameter of any bad value.
     pub fn to_filter(&self, now: DateTime<Utc>, names: ParamNames) -> AuditResult<EventFilter> {
         let n = |f: &str| names.name(f);

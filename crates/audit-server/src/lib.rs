@@ -6,10 +6,13 @@
 
 #![warn(missing_docs, clippy::print_stdout, clippy::print_stderr)]
 
+pub mod api_keys;
 pub mod app;
 pub mod config;
+pub mod fhir;
 pub mod filter_params;
 pub mod http;
+pub mod privacy;
 pub mod readiness;
 pub mod telemetry;
 pub mod workload;

@@ -8,14 +8,53 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// The readiness answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
-    /// Whether the service can take traffic (the primary answers).
+    /// Whether the service can take traffic (the primary answers, migrations applied, breaker not open).
     pub ready: bool,
+    /// Why not, when not ready.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    /// The primary's circuit breaker state (`closed`, `open`, `half_open`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<String>,
+    /// Migrations this binary has that the database lacks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending_migrations: Vec<String>,
     /// The primary's health entry.
+    #[schema(value_type = Object)]
     pub primary: Value,
     /// Each read replica's health entry (`replica:<id>`), in name order.
+    #[schema(value_type = Vec<Object>)]
     pub replicas: Vec<Value>,
+}
+
+impl Readiness {
+    /// Adds the service's own gates: a schema behind the code, or an open primary breaker, make it unready even
+    /// when the primary answers a probe.
+    pub fn with_gates(mut self, breaker_open: bool, breaker: &str, pending: Result<Vec<String>, String>) -> Self {
+        if !self.ready {
+            self.reasons.push("primary database unavailable".into());
+        }
+        self.breaker = Some(breaker.to_string());
+        if breaker_open {
+            self.ready = false;
+            self.reasons.push("the primary's circuit breaker is open".into());
+        }
+        match pending {
+            Ok(p) if p.is_empty() => {}
+            Ok(p) => {
+                self.ready = false;
+                self.reasons.push(format!("{} migration(s) not applied: run `audit-db migrate`", p.len()));
+                self.pending_migrations = p;
+            }
+            Err(e) => {
+                self.ready = false;
+                self.reasons.push(format!("cannot read applied migrations: {e}"));
+            }
+        }
+        self
+    }
 }
 
 /// Readiness from a health report.
@@ -23,6 +62,9 @@ pub fn readiness(report: &HealthReport) -> Readiness {
     let primary = report.components.get("primary");
     let entry = |c: &audit_core::ComponentHealth| serde_json::to_value(c).unwrap_or(Value::Null);
     Readiness {
+        reasons: Vec::new(),
+        breaker: None,
+        pending_migrations: Vec::new(),
         ready: primary.is_some_and(|c| c.status == HealthState::Healthy),
         primary: primary.map_or(Value::Null, entry),
         replicas: report.components.iter().filter(|(k, _)| k.starts_with("replica:")).map(|(_, c)| entry(c)).collect(),
@@ -59,6 +101,11 @@ mod tests {
         let mut down = report.clone();
         down.components.insert("primary".into(), component("primary", HealthState::Unhealthy).1);
         assert!(!readiness(&down).ready);
+        let gated = readiness(&report).with_gates(true, "open", Ok(vec![]));
+        assert!(!gated.ready && gated.reasons[0].contains("breaker"), "{gated:?}");
+        let gated = readiness(&report).with_gates(false, "closed", Ok(vec!["x_api_keys".into()]));
+        assert!(!gated.ready && gated.pending_migrations == ["x_api_keys"], "{gated:?}");
+        assert!(readiness(&report).with_gates(false, "closed", Ok(vec![])).ready);
         assert_eq!(readiness(&down).primary["status"], "unhealthy");
     }
 }

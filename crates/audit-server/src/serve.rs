@@ -7,14 +7,14 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use audit_integrity::NoteSigner;
 use audit_server::app::App;
-use audit_server::http::{ServiceState, router, serve};
+use audit_server::http::{ServiceState, drain_insert_queue, router, serve};
 use audit_server::telemetry::Telemetry;
 
 /// Arguments of `audit-db serve`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080", env = "AUDIT_DB_LISTEN")]
+    #[arg(long, default_value = "0.0.0.0:3000", env = "AUDIT_DB_LISTEN")]
     pub(crate) listen: SocketAddr,
 }
 
@@ -54,7 +54,15 @@ pub(crate) async fn run(app: App, args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         .spawn())
     });
-    let state = Arc::new(ServiceState { client, metrics });
+    let state = Arc::new(ServiceState::new(&app, client.clone(), metrics)?);
+    if !app.config.api.audit_reads {
+        tracing::warn!(
+            "reads through the API are NOT audited (AUDIT_DB_AUDIT_READS=false): for tests and benchmarks only"
+        );
+    }
     serve(router(state), args.listen).await?;
+    // In-flight requests are drained; their events were committed before they answered. Anything still queued
+    // (a request cut off by a client disconnect) is given time to commit.
+    drain_insert_queue(&client, std::time::Duration::from_secs(30)).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -32,6 +32,7 @@ pub(crate) async fn run(ctx: &Ctx, ds: Option<&Dataset>) -> anyhow::Result<Vec<M
         let why = "the integrity group runs on the ingest data set: run it together with `ingest` or `query`";
         return Ok(vec![
             Measure::unmeasured("verify_leaves_per_sec_per_core", "leaves/s/core", verify_target, why),
+            Measure::unmeasured("verify_ratio_vs_in_memory", "ratio", Some(Target::at_least(0.8)), why),
             Measure::unmeasured("proof_bytes", "bytes", proof_target, why),
         ]);
     };
@@ -169,5 +170,13 @@ pub(crate) async fn run(ctx: &Ctx, ds: Option<&Dataset>) -> anyhow::Result<Vec<M
         "json_bytes": json_bytes,
         "audit_path_bytes_at_10m_leaves": 32 * depth_10m,
     }));
-    Ok(vec![verify, proof_m])
+    let ratio = Measure::ratio(
+        "verify_ratio_vs_in_memory",
+        rate,
+        floor_rate,
+        "leaves/s/core",
+        Some(Target::at_least(0.8)),
+    )
+    .note("verify_leaves_per_sec_per_core ÷ the in-memory recompute (leaf hash + Merkle root) of the same rows on one core");
+    Ok(vec![verify, ratio, proof_m])
 }

@@ -6,9 +6,11 @@
 
 pub(crate) mod cache_rss;
 pub(crate) mod env;
+pub(crate) mod http;
 pub(crate) mod ingest;
 pub(crate) mod integrity;
 pub(crate) mod measure;
+pub(crate) mod privacy;
 pub(crate) mod query;
 pub(crate) mod replica;
 pub(crate) mod report;
@@ -37,7 +39,8 @@ pub(crate) struct BenchArgs {
     /// cluster.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Run only these groups or measures (comma-separated): ingest, query, integrity, retention, cache, replica, or
+    /// Run only these groups or measures (comma-separated): ingest, privacy, query, integrity, retention, cache, replica,
+    /// http, or
     /// any measure name (its group runs).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -140,25 +143,34 @@ impl Sizes {
 }
 
 /// The experiment groups, in run order.
-pub(crate) const GROUPS: [&str; 6] = ["cache", "ingest", "query", "integrity", "retention", "replica"];
+pub(crate) const GROUPS: [&str; 8] =
+    ["cache", "ingest", "privacy", "query", "integrity", "retention", "replica", "http"];
 
 /// Group of each measure name this harness emits with a target.
 pub(crate) const MEASURE_GROUPS: &[(&str, &str)] = &[
     ("ingest_bulk_ratio_vs_copy", "ingest"),
     ("ingest_concurrent_ratio_vs_copy", "ingest"),
     ("ingest_concurrent_ratio_vs_per_call_insert", "ingest"),
+    ("ingest_bulk_ratio_vs_heap_copy", "ingest"),
+    ("wal_bytes_per_event", "ingest"),
+    ("seal_seconds_per_million_events", "ingest"),
+    ("ingest_bulk_ratio_privacy_on_vs_off", "privacy"),
     ("query_uncached_p50_ms", "query"),
     ("query_uncached_p99_ms", "query"),
     ("query_l1_hit_p50_us", "query"),
     ("query_l2_hit_p50_us", "query"),
     ("verify_leaves_per_sec_per_core", "integrity"),
+    ("verify_ratio_vs_in_memory", "integrity"),
     ("proof_bytes", "integrity"),
     ("retention_drop_ratio_vs_delete", "retention"),
     ("retention_reader_max_block_ms", "retention"),
+    ("retention_archive_ratio_vs_compress", "retention"),
     ("l1_rss_ratio_vs_max_size", "cache"),
     ("replica_read_scaling", "replica"),
     ("replica_ryw_wait_p99_ms", "replica"),
     ("replica_ryw_wait_p99_ms_waiting", "replica"),
+    ("http_ingest_ratio_vs_library", "http"),
+    ("http_query_p50_ms", "http"),
 ];
 
 /// Resolves `--only` to a set of groups; unknown names are an error naming the valid ones.
@@ -327,7 +339,9 @@ async fn run_groups(ctx: &Ctx, groups: &[&str], measures: &mut Vec<Measure>) -> 
             }
             "integrity" => measures.extend(integrity::run(ctx, dataset.as_ref()).await?),
             "retention" => measures.extend(retention::run(ctx).await?),
+            "privacy" => measures.extend(privacy::run(ctx).await?),
             "replica" => measures.extend(replica::run(ctx).await?),
+            "http" => measures.extend(http::run(ctx).await?),
             other => bail!("unknown group {other}"),
         }
     }

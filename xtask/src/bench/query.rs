@@ -24,7 +24,7 @@ use chrono::{DateTime, Duration as TimeDelta, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{Json, ToSql};
 
 use super::ingest::Dataset;
 use super::measure::{Measure, Target, percentile};
@@ -41,11 +41,33 @@ pub(crate) enum Kind {
     FailedLogins1h,
     /// Principal + action (no time bound: every partition).
     PrincipalAction,
+    /// `details` containment within one hospital and the last 30 days (`{"access_reason": "billing"}`).
+    DetailsContainment,
+}
+
+/// The age of the data a query reads: every age (the seed's windows as they are), only sealed partitions (period
+/// over: sealed indexes built), or only the partition still being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Age {
+    /// The partition still being written (from the start of the current period to now).
+    Written,
+    /// Sealed partitions only: the same window length, ending where the current period starts.
+    Sealed,
+}
+
+impl Age {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Age::Written => "written",
+            Age::Sealed => "sealed",
+        }
+    }
 }
 
 impl Kind {
     /// Every kind, in report order.
-    pub(crate) const ALL: [Kind; 4] = [Kind::OrgWindow, Kind::Phi30d, Kind::FailedLogins1h, Kind::PrincipalAction];
+    pub(crate) const ALL: [Kind; 5] =
+        [Kind::OrgWindow, Kind::Phi30d, Kind::FailedLogins1h, Kind::PrincipalAction, Kind::DetailsContainment];
 
     /// Short name used in measure names and details.
     pub(crate) fn name(self) -> &'static str {
@@ -54,7 +76,50 @@ impl Kind {
             Kind::Phi30d => "phi_access_30d",
             Kind::FailedLogins1h => "failed_logins_1h",
             Kind::PrincipalAction => "principal_action",
+            Kind::DetailsContainment => "details_org_30d",
         }
+    }
+
+    /// The window length of the kind (`None`: no time bound).
+    fn span(self) -> Option<TimeDelta> {
+        match self {
+            Kind::FailedLogins1h => Some(TimeDelta::hours(1)),
+            Kind::PrincipalAction => None,
+            _ => Some(TimeDelta::days(30)),
+        }
+    }
+
+    /// `[from, to)` of the kind's window restricted to data of `age`; `written_from` = start of the current period.
+    pub(crate) fn age_window(
+        self,
+        age: Age,
+        now: DateTime<Utc>,
+        written_from: DateTime<Utc>,
+    ) -> (DateTime<Utc>, DateTime<Utc>) {
+        let far = TimeDelta::days(3650);
+        match age {
+            Age::Written => ((now - self.span().unwrap_or(far)).max(written_from), now + TimeDelta::microseconds(1)),
+            Age::Sealed => (written_from - self.span().unwrap_or(far), written_from),
+        }
+    }
+
+    /// The kind's predicates without its time bound, then `"timestamp" >= $k+1 AND "timestamp" < $k+2`: the SQL of
+    /// the per-age runs and their EXPLAIN.
+    pub(crate) fn age_sql(self) -> String {
+        let (wher, k) = match self {
+            Kind::OrgWindow => ("organization_id = $1", 1),
+            Kind::Phi30d => ("organization_id = $1 AND data_classification = $2", 2),
+            Kind::FailedLogins1h => ("action = ANY($1) AND status = ANY($2)", 2),
+            Kind::PrincipalAction => ("action = ANY($1) AND principal_id = $2", 2),
+            Kind::DetailsContainment => ("organization_id = $1 AND details @> $2", 2),
+        };
+        format!(
+            "SELECT {} FROM audit_log WHERE {wher} AND \"timestamp\" >= ${} AND \"timestamp\" < ${} \
+             ORDER BY \"timestamp\" DESC, event_id DESC LIMIT 101",
+            super::rows::COLUMNS,
+            k + 1,
+            k + 2
+        )
     }
 
     /// How many distinct parameter sets the latency loops rotate through.
@@ -73,6 +138,9 @@ impl Kind {
             Kind::Phi30d => "organization_id = $1 AND data_classification = $2 AND \"timestamp\" >= $3",
             Kind::FailedLogins1h => "action = ANY($1) AND status = ANY($2) AND \"timestamp\" >= $3",
             Kind::PrincipalAction => "action = ANY($1) AND principal_id = $2",
+            Kind::DetailsContainment => {
+                "organization_id = $1 AND \"timestamp\" >= $2 AND \"timestamp\" <= $3 AND details @> $4"
+            }
         };
         format!(
             "SELECT {} FROM audit_log WHERE {wher} ORDER BY \"timestamp\" DESC, event_id DESC LIMIT 101",
@@ -85,7 +153,7 @@ impl Kind {
 fn org_of(kind: Kind, v: usize) -> String {
     match kind {
         // Hospitals are the organisations with index ≡ 0 (mod 3).
-        Kind::Phi30d => organization(3 * ((v as u32 * 11) % 100)),
+        Kind::Phi30d | Kind::DetailsContainment => organization(3 * ((v as u32 * 11) % 100)),
         _ => organization((v as u32 * 37) % 300),
     }
 }
@@ -117,8 +185,58 @@ pub(crate) fn filter(kind: Kind, v: usize, now: DateTime<Utc>) -> EventFilter {
             f.principal_id = Some(principal_of(v));
             f.actions = vec!["patient_data_access".into()];
         }
+        Kind::DetailsContainment => {
+            f.organization_id = Some(org_of(kind, v));
+            f.time.gte = Some(now - TimeDelta::days(30));
+            f.time.lte = Some(now);
+            f.details_contains = Some(containment());
+        }
     }
     f
+}
+
+/// The containment value of [`Kind::DetailsContainment`] (about 20 % of a hospital's events).
+fn containment() -> Value {
+    json!({"access_reason": "billing"})
+}
+
+/// The filter of variant `v` of `kind` restricted to data of `age`.
+pub(crate) fn age_filter(
+    kind: Kind,
+    v: usize,
+    age: Age,
+    now: DateTime<Utc>,
+    written_from: DateTime<Utc>,
+) -> EventFilter {
+    let mut f = filter(kind, v, now);
+    let (from, to) = kind.age_window(age, now, written_from);
+    f.time = Default::default();
+    f.time.gte = Some(from);
+    f.time.lt = Some(to);
+    f
+}
+
+/// The parameters of [`Kind::age_sql`] for variant `v` and `age`.
+pub(crate) fn age_params(
+    kind: Kind,
+    v: usize,
+    age: Age,
+    now: DateTime<Utc>,
+    written_from: DateTime<Utc>,
+) -> Vec<Box<dyn ToSql + Sync + Send>> {
+    let (from, to) = kind.age_window(age, now, written_from);
+    let mut p: Vec<Box<dyn ToSql + Sync + Send>> = match kind {
+        Kind::OrgWindow => vec![Box::new(org_of(kind, v))],
+        Kind::Phi30d => vec![Box::new(org_of(kind, v)), Box::new("PHI".to_string())],
+        Kind::FailedLogins1h => {
+            vec![Box::new(vec!["user_authentication".to_string()]), Box::new(vec!["failure".to_string()])]
+        }
+        Kind::PrincipalAction => vec![Box::new(vec!["patient_data_access".to_string()]), Box::new(principal_of(v))],
+        Kind::DetailsContainment => vec![Box::new(org_of(kind, v)), Box::new(Json(containment()))],
+    };
+    p.push(Box::new(from));
+    p.push(Box::new(to));
+    p
 }
 
 /// The parameters of [`Kind::sql`] for variant `v`.
@@ -136,6 +254,12 @@ pub(crate) fn params(kind: Kind, v: usize, now: DateTime<Utc>) -> Vec<Box<dyn To
             Box::new(now - TimeDelta::hours(1)),
         ],
         Kind::PrincipalAction => vec![Box::new(vec!["patient_data_access".to_string()]), Box::new(principal_of(v))],
+        Kind::DetailsContainment => vec![
+            Box::new(org_of(kind, v)),
+            Box::new(now - TimeDelta::days(30)),
+            Box::new(now),
+            Box::new(Json(containment())),
+        ],
     }
 }
 
@@ -355,6 +479,63 @@ pub(crate) async fn run(ctx: &Ctx, ds: &Dataset) -> anyhow::Result<Vec<Measure>>
             }
         }
     }
+    // --- per kind and age: sealed partitions vs the partition still being written (client, cache off) -----------
+    let written_from = audit_partition::Period::of(ds.app.config.partition.interval, now).start();
+    let mut age_measures = Vec::new();
+    for age in [Age::Sealed, Age::Written] {
+        for k in Kind::ALL {
+            let mut lat = Vec::with_capacity(iters);
+            let mut rows = 0usize;
+            for it in 0..iters {
+                let (d, _, n) = timed_query(&client, &age_filter(k, it % k.variants(), age, now, written_from)).await?;
+                lat.push(us(d) / 1e3);
+                rows += n;
+            }
+            let p = age_params(k, 0, age, now, written_from);
+            let row = raw
+                .query_one(&format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}", k.age_sql()), &refs(&p))
+                .await
+                .with_context(|| format!("EXPLAIN of {} on {} data", k.name(), age.name()))?;
+            let plan: Value = row.get(0);
+            let e = explain_summary(&plan, &leaves);
+            let text: Vec<String> = raw
+                .query(&format!("EXPLAIN (COSTS OFF) {}", k.age_sql()), &refs(&p))
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let (p50, p99) = (percentile(&lat, 50.0), percentile(&lat, 99.0));
+            progress(format!(
+                "{} on {} data: p50 {p50:.3} ms, p99 {p99:.3} ms; indexes {:?}",
+                k.name(),
+                age.name(),
+                e.indexes
+            ));
+            age_measures.push(
+                Measure::new(
+                    &format!("query_uncached_p50_ms_{}_{}", k.name(), age.name()),
+                    p50,
+                    "ms",
+                    p50,
+                    f64::NAN,
+                    None,
+                )
+                .note(format!("{} data only; p99 {p99:.3} ms", age.name()))
+                .details(json!({
+                    "p99_ms": p99,
+                    "queries": lat.len(),
+                    "rows_returned_avg": rows as f64 / lat.len().max(1) as f64,
+                    "window_variant0": k.age_window(age, now, written_from),
+                    "explain_indexes": e.indexes,
+                    "explain_executed_partitions": e.executed,
+                    "explain_execution_ms": e.execution_ms,
+                    "explain_shared_blocks": e.shared_blocks,
+                    "explain_text": text,
+                    "sql": k.age_sql(),
+                })),
+            );
+        }
+    }
     drop(client);
     let (c_all, b_all) = (cand.all(), base.all());
     let unc_p50_us = percentile(&c_all, 50.0);
@@ -378,6 +559,7 @@ pub(crate) async fn run(ctx: &Ctx, ds: &Dataset) -> anyhow::Result<Vec<Measure>>
         let (c, b) = (percentile(&c_all, q) / 1e3, percentile(&b_all, q) / 1e3);
         measures.push(Measure::new(name, c, "ms", c, b, Some(Target::at_most(target))).details(unc_details.clone()));
     }
+    measures.extend(age_measures);
 
     // --- L1 hits: TieredCache without Redis ----------------------------------------------------------------------
     let mut l1_cfg = base_cfg.clone();
@@ -483,7 +665,7 @@ pub(crate) async fn run(ctx: &Ctx, ds: &Dataset) -> anyhow::Result<Vec<Measure>>
             "p99_us": percentile(&l2_all, 99.0),
             "by_kind_us": l2s.summary(1.0),
             "redis_ping_p50_us": percentile(&pings, 50.0),
-            "redis_round_trips_per_l2_hit": "2 (MGET of the scope's generation tokens, then GET + PTTL of the value)",
+            "redis_round_trips_per_l2_hit": "1 (MGET of the scope's generation tokens + GET + PTTL of the value, pipelined)",
             "cache": "TieredCache with Redis; L1 cleared (clear_l1) before every timed call, outside the timing",
         }));
     if l2_all.is_empty() {

@@ -20,14 +20,19 @@ each phase.
 | measure | candidate | baseline |
 |---|---|---|
 | `ingest_bulk_ratio_vs_copy` | `AuditClient::insert_batch` of JSON events (validation, per-organisation `seq` under head-row locks, leaf hashes, id draw, binary COPY in 10,000-event transactions, cache invalidation) through the production wiring (`App::client`: partition manager, `TieredCache` with Redis, resilience policy) | binary COPY (`BinaryCopyInWriter`) of the same rows — the same 20 columns including `id`, `seq` and a 32-byte leaf hash computed before the timed region — in 10,000-row transactions into the `copy` database |
+| `ingest_bulk_ratio_vs_heap_copy` | as `ingest_bulk_ratio_vs_copy` | binary COPY of the same rows into the `heap` database: the same partitions with only the primary key (every other index of `audit_log` dropped) — what PostgreSQL can take |
+| `wal_bytes_per_event` | WAL written (`pg_current_wal_lsn()` before and after each `insert_batch` call, summed) ÷ events, chosen layout | the same for `insert_batch` into the `todays_set` database (the layout before issue 14: GIN on `details` on every partition); `ingest_bulk_ratio_vs_todays_set` (info) compares their rates. The four bulk sides (chosen, today's set, copy, heap) rotate which goes first every round |
+| `seal_seconds_per_million_events` (info) | `PartitionManager::seal_due` after the ingest: every partition whose period is over gets its GIN on `details` (`CREATE INDEX CONCURRENTLY` per leaf) and `VACUUM (FREEZE, ANALYZE)`; seconds ÷ rows sealed × 10⁶ | — |
 | `ingest_concurrent_ratio_vs_copy` | 1,000 tokio tasks, each calling `AuditClient::insert` and awaiting its durable acknowledgement before sending its next event (group commit) | binary COPY of the same rows, 10,000 per transaction |
 | `ingest_concurrent_ratio_vs_per_call_insert` | as above | the seed's way: 1,000 tasks, one plain prepared `INSERT` per transaction (autocommit) over a pool of `database.poolSize` (10) connections, for 10 s (quick) / 20 s (full); same rows with a fresh `event_id` |
-| `query_uncached_p50_ms`, `query_uncached_p99_ms` | `AuditClient::query` with `audit_core::NoCache` for the seed's four example queries (organisation + 30-day window; PHI access at a hospital in the last 30 days; failed `user_authentication` in the last hour; principal + action), 16 parameter sets each, N iterations per query after a warm-up pass | the equivalent SQL (same predicates, `ORDER BY timestamp DESC, event_id DESC LIMIT 101`) as a raw tokio-postgres prepared statement, interleaved with the candidate |
+| `query_uncached_p50_ms`, `query_uncached_p99_ms` | `AuditClient::query` with `audit_core::NoCache` for five query kinds: the seed's four example queries (organisation + 30-day window; PHI access at a hospital in the last 30 days; failed `user_authentication` in the last hour; principal + action) and `details @> {"access_reason":"billing"}` at one hospital over 30 days, 16 parameter sets each, N iterations per query after a warm-up pass | the equivalent SQL (same predicates, `ORDER BY timestamp DESC, event_id DESC LIMIT 101`) as a raw tokio-postgres prepared statement, interleaved with the candidate |
+| `query_uncached_p50_ms_<kind>_<age>` (info) | the same client, each kind restricted to `sealed` partitions (the same window length ending where the current period starts) or to the partition still `written` (current period start → now); EXPLAIN (indexes, partitions) of the same SQL in the details | — |
 | `query_l1_hit_p50_us` | the same queries answered from L1: `TieredCache` without Redis (`maxSizeMB` 64, `localStalenessMs` raised so a long loop stays valid), only answers with tier `l1` counted | the cache-off p50 of the same run |
 | `query_l2_hit_p50_us` | the same queries answered from Redis: `TieredCache` with Redis, L1 emptied (`clear_l1`) before every timed call, only answers with tier `l2` counted | the cache-off p50 of the same run |
-| `verify_leaves_per_sec_per_core` | `IntegrityStore::verify` (full, not incremental) over every log after `IntegrityStore::checkpoint` sealed them all: leaves ÷ wall seconds ÷ max(1, cores used by the verifying process) | the same per-leaf hashing (canonical leaf hash + Merkle root) on a sample of the same rows in memory on one core |
+| `verify_leaves_per_sec_per_core`, `verify_ratio_vs_in_memory` | `IntegrityStore::verify` (full, not incremental) over every log after `IntegrityStore::checkpoint` sealed them all: leaves ÷ wall seconds ÷ max(1, cores used by the verifying process) | the same per-leaf hashing (canonical leaf hash + Merkle root) on a sample of the same rows in memory on one core; the ratio is the first ÷ this |
 | `proof_bytes` | audit path of the inclusion proof (`IntegrityStore::inclusion_proof`) of position 0 (the longest path) in the largest log, 32 bytes per hash | size of the whole `audit-db proof` JSON (with the signed checkpoint) |
-| `retention_drop_ratio_vs_delete` | `PartitionManager::retention(false)` dropping January 2018 (plan, `DETACH … CONCURRENTLY`, gzip NDJSON archive with manifest, leaf hashes kept, `DROP TABLE`, log) | `DELETE` of the same month from `bench_plain_log`, an ordinary table with the same columns, constraints, indexes and rows (audit_log refuses DELETE by trigger); VACUUM afterwards not counted. value = DELETE time ÷ drop time |
+| `retention_drop_ratio_vs_delete` | `PartitionManager::retention(false)` dropping January 2018, timed by the manager per step: `DETACH … CONCURRENTLY` + the drop transaction less its copy of the leaf hashes (archive and kept leaf hashes excluded; both in the details, with the manager's whole time) | `DELETE` + `VACUUM` of the same month in `bench_plain_log`, an ordinary table with the same columns, constraints, indexes and rows (audit_log refuses DELETE by trigger). value = (DELETE + VACUUM) time ÷ (detach + drop) time |
+| `retention_archive_ratio_vs_compress` | the manager's archive step: rows ÷ seconds (cursor read, NDJSON, gzip, fsync, manifest) | the same rows (a sample of up to 200k) encoded as the archive's JSON lines and gzip-compressed (same codec and level) in memory on one core |
 | `retention_reader_max_block_ms` | longest query of a reader running back-to-back (organisation + 30-day window and principal + action over all partitions) that overlapped the drop | the same reader's longest query before the drop |
 | `replica_read_scaling` | 16 tasks running the organisation + 30-day query back to back through `AuditClient::query_with(…, Eventual)` (no cache) with `ReplicaRouter` (`least_connections`) over two streaming replicas of a private primary (this group brings its own three clusters, on the same machine) | the same tasks and queries with every read on the primary; runs alternate, value = replicas' queries/s ÷ primary's |
 | `replica_ryw_wait_p99_ms` | both replicas apply WAL 100 ms late (`recovery_min_apply_delay`); insert one event, then read it back by id at the default consistency (read-your-writes, default `readYourWritesWaitMs`) | the same loop reading with `Strong` (primary); value = p99 difference, ms (`_waiting`: the same with a 250 ms wait bound, so reads wait for a replica) |
@@ -40,7 +45,7 @@ partitions; the plan's partitions, pruned subplans and indexes are in `results.j
 production `TieredCache` with Redis).
 
 For every throughput ratio, `value = candidate ÷ baseline`; for the retention ratio, which compares times, `value =
-DELETE time ÷ drop time` (the drop's rate over the DELETE's rate). Benchmarks are not tests: nothing here is asserted
+(DELETE + VACUUM) time ÷ drop time` (the drop's rate over the DELETE's rate). Benchmarks are not tests: nothing here is asserted
 in the test suite.
 "#;
 
@@ -117,10 +122,13 @@ pub(crate) fn markdown(results: &Results, args: &BenchArgs) -> String {
         out,
         "Latest run: **{mode} mode** (`{command}`), {}. {}\n",
         results.machine["started_at"].as_str().unwrap_or("?"),
-        if mode == "quick" {
-            "This is a *quick* run (about 1M rows): the reference figures come from a full run (10M rows)."
-        } else {
-            "Full run (10M rows)."
+        match results.machine["sizes"]["rows"].as_u64() {
+            Some(10_000_000) if mode == "full" => "Full run (10M rows).".to_string(),
+            Some(n) => format!(
+                "This run loaded **{n} rows** (the targets are for a full run of 10M rows; at this scale more of \
+                 the data fits in memory)."
+            ),
+            None => String::new(),
         }
     );
     let _ = writeln!(

@@ -13,7 +13,7 @@ pub const PROBLEM_BASE: &str = "https://audit-db.dev/problems/";
 const RETRY_AFTER_SECS: u64 = 1;
 
 /// An HTTP error response body (RFC 9457 problem details).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Problem {
     /// Stable URI naming the kind of problem.
     #[serde(rename = "type")]
@@ -26,6 +26,7 @@ pub struct Problem {
     pub detail: String,
     /// The PostgreSQL SQLSTATE, when the database refused the request.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub sqlstate: Option<String>,
 }
 
@@ -92,6 +93,9 @@ impl IntoResponse for ApiError {
         let mut r = (self.status, body).into_response();
         let h = r.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"audit-db\""));
+        }
         if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
             h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
