@@ -625,8 +625,18 @@ async fn evidence_packs_never_panic_and_every_problem_names_a_file() {
                                 _ => None,
                             })
                             .collect();
+                        // The paths the (possibly mutated) manifest lists are names too.
+                        let in_manifest: Vec<String> = files
+                            .get("manifest.json")
+                            .and_then(|m| serde_json::from_slice::<Value>(m).ok())
+                            .and_then(|v| v["files"].as_array().cloned())
+                            .unwrap_or_default()
+                            .iter()
+                            .filter_map(|f| f["path"].as_str().map(str::to_string))
+                            .collect();
                         let names_file = files.keys().chain(pack.keys()).any(|f| p.contains(f.as_str()))
                             || listed.iter().any(|f| p.contains(f))
+                            || in_manifest.iter().any(|f| p.contains(f.as_str()))
                             || ["manifest.json", "events.ndjson", "proofs.json", "checkpoint", "signing.pub"]
                                 .iter()
                                 .any(|f| p.contains(f));
