@@ -16,6 +16,7 @@ use clap::Args;
 
 /// The fault kinds `chaos` chooses from: (name, test function).
 pub(crate) const FAULTS: &[(&str, &str)] = &[
+    ("serve-kill", "kill_9_of_serve_during_http_ingest_loses_no_acknowledged_event"),
     ("ingest-kill", "kill_9_of_ingest_mid_file_then_the_same_file_again_stores_every_line_once"),
     ("postgres-crash", "a_postgres_crash_during_library_ingest_loses_no_acknowledged_event"),
     ("redis-kill", "redis_killed_during_a_read_write_mix_leaves_every_answer_fresh_and_correct"),
@@ -34,7 +35,7 @@ pub(crate) struct ChaosArgs {
     /// Seed of the run (printed; give it again to replay the same faults and timings).
     #[arg(long)]
     seed: Option<u64>,
-    /// Only this fault kind (ingest-kill, postgres-crash, redis-kill, archive-unwritable).
+    /// Only this fault kind (serve-kill, ingest-kill, postgres-crash, redis-kill, archive-unwritable).
     #[arg(long)]
     only: Option<String>,
 }
