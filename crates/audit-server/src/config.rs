@@ -173,6 +173,23 @@ fn parse_enum<T: std::str::FromStr<Err = String>>(key: &str, raw: &str) -> Resul
 }
 
 /// Sets one setting from an environment variable's value (`key` is the variable's name, for errors).
+/// A TOML error as a configuration error: the key when serde names one (`unknown field `x``, `missing field
+/// `x``), else `config file`; the reason with the line and column. (Syntax errors quote tokens in backticks too —
+/// "expected `.`, `=`" — which must not be taken for a key.)
+fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let msg = e.message().trim().to_string();
+    let named = ["unknown field `", "missing field `", "duplicate key `", "unknown variant `"]
+        .iter()
+        .find_map(|p| msg.split_once(p).and_then(|(_, rest)| rest.split_once('`')).map(|(k, _)| k.to_string()));
+    let at = e.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!("line {line}, column {column}: ")
+    });
+    cfg_err(named.unwrap_or_else(|| "config file".to_string()), format!("{}{msg}", at.unwrap_or_default()))
+}
+
 type Setter = fn(&mut AuditConfig, key: &str, value: &str) -> Result<(), ConfigError>;
 
 /// Every environment variable the configuration reads (besides `AUDIT_DB_READ_REPLICA_1..N`), and what it sets.
@@ -295,11 +312,7 @@ impl AuditConfig {
     /// Builds the configuration from an optional TOML text, then environment overrides, then checks it.
     pub fn load(toml_text: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut c: AuditConfig = match toml_text {
-            Some(t) => toml::from_str(t).map_err(|e| {
-                let msg = e.message().to_string();
-                let key = msg.split('`').nth(1).map(str::to_string).unwrap_or_else(|| "config file".to_string());
-                cfg_err(key, msg)
-            })?,
+            Some(t) => toml::from_str(t).map_err(|e| toml_error(t, &e))?,
             None => AuditConfig::default(),
         };
         c.apply_env(&env)?;
@@ -342,6 +355,17 @@ impl AuditConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn toml_syntax_errors_give_the_position_and_no_token_as_a_key() {
+        // Found by fuzzing: "expected `.`, `=`" made `.` the key.
+        let e = AuditConfig::load(Some("[cache]\n:"), |_| None).unwrap_err();
+        assert_eq!(e.key, "config file");
+        assert!(e.reason.starts_with("line 2, column 1: "), "{e}");
+        let e = AuditConfig::load(Some("[cache]\nbogus = 1\n"), |_| None).unwrap_err();
+        assert_eq!(e.key, "bogus");
+        assert!(e.reason.starts_with("line 2, column 1: unknown field `bogus`"), "{e}");
+    }
 
     #[test]
     fn env_overrides_toml_and_bad_values_name_their_key() {

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod cli_api_keys;
 mod cli_fhir;
+mod cli_health;
 mod cli_indexes;
 mod cli_ingest;
 mod cli_integrity;
@@ -54,13 +55,9 @@ enum Command {
     Export(Box<cli_fhir::ExportArgs>),
     /// Query stored events (newest first); prints `next_cursor=TOKEN` on stderr when more rows match.
     Query(Box<cli_query::QueryArgs>),
-    /// Print the health report as JSON (exit 1 when unhealthy).
-    Health {
-        /// Ask a running service instead (`http://HOST:PORT`): exit 0 when its `/health` answers 200 — the
-        /// container image's HEALTHCHECK, which has no curl.
-        #[arg(long, value_name = "URL")]
-        service: Option<String>,
-    },
+    /// Print the health report as JSON (exit 1 when unhealthy); with `--service URL`, ask a running service's
+    /// `/health` instead (the container HEALTHCHECK).
+    Health(cli_health::HealthArgs),
     /// The newcomer's tour: generate realistic events, ingest them, run the seed's example queries, print health.
     Demo(demo::DemoArgs),
     /// Run the HTTP service (/v1 API with API keys, /health, /ready, /metrics, /openapi.json).
@@ -148,29 +145,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// `health --service URL`: one plain HTTP/1.0 `GET /health` (no client library needed for one request).
-async fn service_health(url: &str) -> anyhow::Result<ExitCode> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let rest =
-        url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("--service: `{url}` must start with http://"))?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(&addr).await?;
-        s.write_all(format!("GET /health HTTP/1.0\r\nHost: {authority}\r\n\r\n").as_bytes()).await?;
-        let mut answer = Vec::new();
-        s.read_to_end(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer)
-    };
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), fetch)
-        .await
-        .map_err(|_| anyhow::anyhow!("--service: {addr} did not answer within 10 s"))??;
-    let text = String::from_utf8_lossy(&answer);
-    let status = text.split_whitespace().nth(1).unwrap_or_default();
-    println!("{}", text.split("\r\n\r\n").nth(1).unwrap_or_default());
-    Ok(if status == "200" { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
 async fn run(command: Command, config: AuditConfig) -> anyhow::Result<ExitCode> {
     match command {
         Command::Migrate { down } => {
@@ -194,8 +168,10 @@ async fn run(command: Command, config: AuditConfig) -> anyhow::Result<ExitCode> 
         }
         Command::Query(args) => cli_query::run(App::open(config).await?, *args).await,
         Command::Export(args) => cli_fhir::export(App::open(config).await?, *args).await,
-        Command::Health { service: Some(url) } => service_health(&url).await,
-        Command::Health { service: None } => {
+        Command::Health(cli_health::HealthArgs { service: Some(url), timeout }) => {
+            cli_health::run_service(&url, std::time::Duration::from_secs(timeout.max(1))).await
+        }
+        Command::Health(_) => {
             let app = App::open(config).await?;
             let client = app.client().await?;
             let report = client.health().await;
