@@ -8,6 +8,8 @@
 //! * `cargo xtask openapi` — writes the HTTP service's OpenAPI document to `docs/openapi.json`.
 //! * `cargo xtask ha-test` — a failover driven by Patroni and etcd while audit-db writes through a multi-host URL
 //!   (needs Debian's `patroni` and `etcd-server`; see `docs/replicas.md`).
+//! * `cargo xtask chaos --trials N --seconds S [--seed X]` — crash tests with acknowledged-event accounting, fault
+//!   kinds and timings from a printed, replayable seed; `cargo xtask fuzz --cases N` — the fuzz properties, longer.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +19,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod bench;
 mod ha;
+mod reliability;
 
 /// Developer tasks of audit-db.
 #[derive(Debug, Parser)]
@@ -41,6 +44,11 @@ enum Command {
     /// Crash the leader of a Patroni + etcd pair of PostgreSQL nodes while audit-db writes through a multi-host URL;
     /// check every event is on the new leader exactly once (needs `apt-get install patroni etcd-server`).
     HaTest,
+    /// Crash tests with acknowledged-event accounting, fault kinds and timings drawn from a printed seed (replay one
+    /// with `--seed`): kill -9 of ingest, PostgreSQL crash, Redis killed, archive unwritable.
+    Chaos(reliability::ChaosArgs),
+    /// Every fuzz property of the input surfaces with `--cases N` cases each.
+    Fuzz(reliability::FuzzArgs),
     /// Write the service's OpenAPI 3.1 document to docs/openapi.json (a test fails when it is stale).
     Openapi,
     /// Internal: fill an L1 cache in a fresh process and print its resident-memory growth as JSON.
@@ -73,6 +81,8 @@ fn main() -> ExitCode {
             })
         }),
         Command::BenchRun(args) => multi_thread().and_then(|rt| rt.block_on(bench::run(args))),
+        Command::Chaos(args) => reliability::chaos(&args),
+        Command::Fuzz(args) => reliability::fuzz(&args),
         Command::Openapi => write_openapi(),
         Command::HaTest => multi_thread().and_then(|rt| rt.block_on(ha::run())),
         Command::Migrate { database_url } => multi_thread().and_then(|rt| rt.block_on(migrate(database_url))),

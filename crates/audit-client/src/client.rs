@@ -67,6 +67,8 @@ pub(crate) struct Inner<P, C, R, Q> {
     pub(crate) started: Instant,
     pub(crate) last_outage_warning_ms: AtomicU64,
     pub(crate) last_commit_lsn: AtomicU64,
+    /// The personal-data policy, installed once before the first write ([`AuditClient::set_personal_data`]).
+    pub(crate) privacy: std::sync::OnceLock<Arc<dyn audit_core::PersonalData>>,
 }
 
 /// The audit-db client: durable group-committed inserts, bulk COPY, cached queries, transactions, health.
@@ -155,6 +157,7 @@ where
             started: Instant::now(),
             last_outage_warning_ms: AtomicU64::new(0),
             last_commit_lsn: AtomicU64::new(0),
+            privacy: std::sync::OnceLock::new(),
             config,
         });
         let flush_inner = inner.clone();
@@ -171,6 +174,21 @@ where
             spawn_maintenance(Arc::downgrade(&inner), every);
         }
         Ok(Self { inner, committer })
+    }
+
+    /// Installs the personal-data policy (crypto-shredding): from now on personal values are sealed before their
+    /// leaf hash is computed, reads open them (or show `[erased]`), and filters on personal fields are translated to
+    /// equality tokens. Install it right after connecting, before the first write; a second call is refused.
+    pub fn set_personal_data(&self, policy: Arc<dyn audit_core::PersonalData>) -> AuditResult<()> {
+        self.inner
+            .privacy
+            .set(policy)
+            .map_err(|_| AuditError::invalid("a personal-data policy is already installed on this client"))
+    }
+
+    /// The personal-data policy installed, if any.
+    pub fn personal_data(&self) -> Option<&Arc<dyn audit_core::PersonalData>> {
+        self.inner.privacy.get()
     }
 
     /// The configuration in force.
@@ -251,6 +269,7 @@ where
 
     async fn submit(&self, event: NewEvent) -> AuditResult<Ack> {
         let event_id = event.event_id;
+        let event = crate::privacy::protect_one(&self.inner.privacy_policy(), event).await?;
         let (outcome, commit_lsn) = self.committer.submit(PreparedEvent::new(event, now_micros())).await?;
         match outcome {
             WriteOutcome::Stored { id, seq } => Ok(Ack::Stored { event_id, id, seq, commit_lsn }),
@@ -293,6 +312,12 @@ where
                     items.push(Some(BatchItem::Rejected(Rejection { reason: e.to_string(), sqlstate: None })));
                 }
             }
+        }
+        // Personal values are sealed before anything is hashed (one key lookup for the whole call).
+        if self.inner.privacy.get().is_some() && !valid.is_empty() {
+            let (idx, events): (Vec<usize>, Vec<NewEvent>) = valid.into_iter().unzip();
+            let events = crate::privacy::protect(&self.inner.privacy_policy(), events).await?;
+            valid = idx.into_iter().zip(events).collect();
         }
         // Stamping and pre-hashing chunk k+1 (CPU) overlaps storing chunk k (database).
         let prepare = |chunk: Vec<(usize, NewEvent)>| {
@@ -358,6 +383,8 @@ where
 
     async fn query_cached(self, filter: EventFilter, consistency: Consistency) -> AuditResult<QueryAnswer> {
         filter.effective_limit()?;
+        let privacy = self.inner.privacy_policy();
+        let filter = crate::privacy::translate(&privacy, filter).await?;
         let filter = Arc::new(filter.normalized());
         let started = Instant::now();
         let op = {
@@ -378,6 +405,7 @@ where
                 (page, tier, if tier == CacheTier::Db { ReadRoute::Primary } else { ReadRoute::Cache })
             }
         };
+        let page = crate::privacy::reveal_page(&privacy, page).await?;
         metrics::counter!(audit_core::metrics::QUERIES, "tier" => tier.as_str()).increment(1);
         tracing::info!(
             cache = %tier.as_str(),
@@ -396,6 +424,7 @@ where
 
     /// How many events match `filter`, as fresh as `consistency` asks.
     pub async fn count_with(&self, filter: &EventFilter, consistency: Consistency) -> AuditResult<i64> {
+        let filter = crate::privacy::translate(&self.inner.privacy_policy(), filter.clone()).await?;
         let shared = Arc::new(filter.normalized());
         let count = self.inner.read_routed(consistency, move |mut conn| {
             let filter = shared.clone();
@@ -417,7 +446,10 @@ where
             self.inner.read_routed(consistency, move |mut conn| async move { reader::get(&mut conn, event_id).await });
         let (found, route) = self.inner.ops.observe(Operation::Get, get).await?;
         tracing::info!(route = %route, found = found.is_some(), "get answered");
-        Ok(found)
+        match found {
+            Some(e) => Ok(crate::privacy::reveal(&self.inner.privacy_policy(), vec![e]).await?.pop()),
+            None => Ok(None),
+        }
     }
 
     /// The read router (replica status for operators: `audit-db replicas status`).
@@ -429,6 +461,13 @@ where
     /// of inserts).
     pub fn write_transactions(&self) -> u64 {
         self.inner.ops.write_transactions()
+    }
+}
+
+impl<P, C, R, Q> Inner<P, C, R, Q> {
+    /// The personal-data policy, owned (futures that hold it stay `'static`).
+    pub(crate) fn privacy_policy(&self) -> crate::privacy::Privacy {
+        self.privacy.get().cloned()
     }
 }
 

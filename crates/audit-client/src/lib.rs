@@ -13,6 +13,7 @@ mod client;
 mod config;
 mod health;
 mod observe;
+mod privacy;
 mod reader;
 mod store;
 mod transaction;

@@ -96,6 +96,7 @@ trait ScopeHost: Send + Sync {
     fn validate(&self, event: serde_json::Value) -> AuditResult<NewEvent>;
     fn ensure_partitions<'a>(&'a self, events: &'a [PreparedEvent]) -> BoxFuture<'a, AuditResult<()>>;
     fn read_pool_check(&self) -> (audit_pg::PgPool, std::time::Duration);
+    fn privacy(&self) -> crate::privacy::Privacy;
 }
 
 struct ScopeClient<P, C, R, Q> {
@@ -122,6 +123,10 @@ where
 
     fn read_pool_check(&self) -> (audit_pg::PgPool, std::time::Duration) {
         (self.inner.read_pool.clone(), self.inner.config.database.pool_options().acquire_timeout)
+    }
+
+    fn privacy(&self) -> crate::privacy::Privacy {
+        self.inner.privacy_policy()
     }
 }
 
@@ -152,6 +157,7 @@ impl TransactionScope {
     /// Stores an already validated event inside the transaction.
     pub async fn insert_event(&mut self, event: NewEvent) -> AuditResult<Ack> {
         let event_id = event.event_id;
+        let event = crate::privacy::protect_one(&self.client.privacy(), event).await?;
         let prepared = vec![PreparedEvent::new(event, now_micros())];
         self.client.ensure_partitions(&prepared).await?;
         // Look every key up: a unique violation would abort the caller's whole transaction.
@@ -170,17 +176,25 @@ impl TransactionScope {
 
     /// One page of events matching `filter`, as this transaction sees them (its own inserts included; uncached).
     pub async fn query(&mut self, filter: &EventFilter) -> AuditResult<Page> {
-        reader::query(&mut self.conn, &filter.normalized()).await
+        let privacy = self.client.privacy();
+        let filter = crate::privacy::translate(&privacy, filter.clone()).await?;
+        let page = reader::query(&mut self.conn, &filter.normalized()).await?;
+        let events = crate::privacy::reveal(&privacy, page.events).await?;
+        Ok(Page { events, next_cursor: page.next_cursor })
     }
 
     /// How many events match `filter`, as this transaction sees them.
     pub async fn count(&mut self, filter: &EventFilter) -> AuditResult<i64> {
+        let filter = crate::privacy::translate(&self.client.privacy(), filter.clone()).await?;
         reader::count(&mut self.conn, &filter.normalized()).await
     }
 
     /// The event with this id, as this transaction sees it.
     pub async fn get(&mut self, event_id: Uuid) -> AuditResult<Option<StoredEvent>> {
-        reader::get(&mut self.conn, event_id).await
+        match reader::get(&mut self.conn, event_id).await? {
+            Some(e) => Ok(crate::privacy::reveal(&self.client.privacy(), vec![e]).await?.pop()),
+            None => Ok(None),
+        }
     }
 
     /// COMMIT, and the commit's WAL position. A COMMIT whose answer is lost is resolved by reading the rows back
@@ -270,6 +284,7 @@ where
         inner
             .ops
             .observe(Operation::Transaction, async move {
+                let events = crate::privacy::protect(&inner.privacy_policy(), events).await?;
                 let ingested_at = now_micros();
                 let prepared: Vec<PreparedEvent> =
                     events.into_iter().map(|e| PreparedEvent::new(e, ingested_at)).collect();

@@ -11,6 +11,7 @@ pub mod event;
 pub mod filter;
 pub mod indexes;
 pub mod metrics;
+pub mod privacy;
 pub mod retry;
 pub mod routing;
 pub mod traits;
@@ -20,6 +21,7 @@ pub use error::{AuditError, AuditResult, ErrorClass, ErrorKind, SqlState, classi
 pub use event::{DataClassification, NewEvent, Status, StoredEvent};
 pub use filter::{Cursor, EventFilter, Page, TimeRange};
 pub use indexes::IndexAdvisor;
+pub use privacy::{ERASED, KeyManager, PersonalData, PersonalField, PersonalFields};
 pub use retry::RetrySchedule;
 pub use routing::{CommitLsn, Consistency, PrimaryOnly, ReadRoute, ReadRouter, Routed};
 pub use traits::*;

@@ -197,6 +197,28 @@ metrics! {
 /// The seed's histogram buckets for [`OPERATION_DURATION`], seconds.
 pub const OPERATION_DURATION_BUCKETS: [f64; 6] = [0.001, 0.01, 0.1, 1.0, 5.0, 10.0];
 
+/// Buckets of the other duration histograms, seconds (0.5 ms … 10 s): fine enough for p95/p99 of commits, queue
+/// waits and Redis calls, and the seed's edges (0.001, 0.01, 0.1, 1, 5, 10) are among them.
+pub const DURATION_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Buckets of [`GROUP_COMMIT_BATCH_SIZE`], events per transaction.
+pub const BATCH_SIZE_BUCKETS: [f64; 13] =
+    [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+
+/// The buckets of a histogram in [`METRICS`] (`None` for counters, gauges and unknown names). An exporter must set
+/// them for every histogram: without buckets, metrics-exporter-prometheus publishes a summary, which has no
+/// `_bucket` series for `histogram_quantile` (the dashboard's and the seed's queries) and cannot be aggregated
+/// across instances.
+pub fn histogram_buckets(name: &str) -> Option<&'static [f64]> {
+    match spec(name)?.kind {
+        MetricKind::Histogram if name == OPERATION_DURATION => Some(&OPERATION_DURATION_BUCKETS),
+        MetricKind::Histogram if name == GROUP_COMMIT_BATCH_SIZE => Some(&BATCH_SIZE_BUCKETS),
+        MetricKind::Histogram => Some(&DURATION_BUCKETS),
+        _ => None,
+    }
+}
+
 /// Registers every metric's help text with the installed recorder (the binary calls this once, after installing
 /// its exporter, so `/metrics` carries `# HELP` lines).
 pub fn describe_all() {
@@ -227,6 +249,11 @@ mod tests {
             assert!(m.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{}", m.name);
             assert_eq!(m.kind == MetricKind::Counter, m.name.ends_with("_total"), "{}: counters end in _total", m.name);
             assert!(!m.help.is_empty());
+            let buckets = histogram_buckets(m.name);
+            assert_eq!(buckets.is_some(), m.kind == MetricKind::Histogram, "{}", m.name);
+            if let Some(b) = buckets {
+                assert!(b.windows(2).all(|w| w[0] < w[1]), "{}: buckets ascend", m.name);
+            }
         }
     }
 }

@@ -45,7 +45,18 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
         item.timings.detach_s = Some(t.elapsed().as_secs_f64());
         self.forget(Period::from_bounds(self.config.interval, item.range_from, item.range_to));
         tracing::info!(partition = %item.partition, "detached partition");
-        self.finish_drop(session, run_id, item).await
+        let Err(e) = self.finish_drop(session, run_id, item).await else { return Ok(()) };
+        // Nothing was dropped (the drop is one transaction, after the archive). Put the partition back, so that its
+        // events stay visible to queries and to verify (a detached partition's rows would read as missing leaves)
+        // until a run can archive them; if that fails too, the next run resumes the detached table.
+        if item.action != RetentionAction::Dropped {
+            match self.reattach(session, item).await {
+                Ok(()) => tracing::warn!(partition = %item.partition, error = %e, "not dropped; re-attached"),
+                Err(re) => tracing::warn!(partition = %item.partition, error = %e, reattach = %re,
+                    "not dropped and not re-attached: the next retention run resumes it"),
+            }
+        }
+        Err(e)
     }
 
     /// `DETACH … CONCURRENTLY`; an interrupted one (left "detach pending") is completed with `FINALIZE`.

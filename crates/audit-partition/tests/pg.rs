@@ -115,7 +115,8 @@ async fn range_premake_and_on_demand_2019_partition() {
     for name in &expected {
         assert_eq!(parts[name], range_bound(Period::parse_name(PartitionInterval::Monthly, name).unwrap()));
     }
-    // The helper CHECK is gone, the parent's five indexes plus the key are there, and TRUNCATE is refused.
+    // The helper CHECK is gone, the parent's four indexes plus the key are there (the GIN on details is built
+    // when the partition is sealed, not on creation), and TRUNCATE is refused.
     let checks: i64 = c
         .query_one(
             "SELECT count(*) FROM pg_constraint WHERE conrelid = 'audit_log_2019_03'::regclass AND conname LIKE '%_bounds'",
@@ -130,7 +131,19 @@ async fn range_premake_and_on_demand_2019_partition() {
         .await
         .unwrap()
         .get(0);
+    assert_eq!(idx, 5);
+    // Sealing (its period is long over) adds the per-leaf GIN, freezes and analyses, and is recorded.
+    let sealed = mgr.seal_due(Utc::now()).await.unwrap();
+    assert!(
+        sealed.iter().any(|r| r.partition == "audit_log_2019_03" && r.indexes == ["audit_log_2019_03_details_gin"])
+    );
+    let idx: i64 = c
+        .query_one("SELECT count(*) FROM pg_index WHERE indrelid = 'audit_log_2019_03'::regclass AND indisvalid", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(idx, 6);
+    assert!(mgr.seal_due(Utc::now()).await.unwrap().is_empty(), "nothing is sealed twice");
     insert_rows(&c, old, 3, Some("acme"), "INTERNAL", "standard", 0).await;
     let err = c.batch_execute("TRUNCATE audit_log_2019_03").await.unwrap_err();
     assert_eq!(err.code().unwrap().code(), "42501");

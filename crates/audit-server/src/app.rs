@@ -19,6 +19,9 @@ use crate::config::AuditConfig;
 /// The client type the binary uses.
 pub type Client = AuditClient<PartitionManager<Policy>, TieredCache<Policy>, Policy, Router>;
 
+/// The personal-data policy the binary uses (crypto-shredding under the file master key).
+pub type Privacy = audit_privacy::Shredder<Policy>;
+
 /// The read-replica router the binary uses (with no replicas configured, every read goes to the primary).
 pub type Router = ReplicaRouter<Policy>;
 
@@ -202,8 +205,46 @@ impl App {
         }
     }
 
-    /// A connected client (fails fast, naming host and port, when the database is down).
+    /// The personal-data policy of `[privacy]` (`None` without a master key): the master key is read from its file
+    /// now, subject keys on demand, on a small pool of the primary under the primary's policy. The HTTP service
+    /// shares one between its client and the admin erase route (`crate::privacy::erase_subject`).
+    pub fn privacy(&self) -> anyhow::Result<Option<std::sync::Arc<Privacy>>> {
+        let p = &self.config.privacy;
+        // With a master key but no personal field, nothing new is sealed, but values sealed while the policy was on
+        // still read (and subjects can still be erased).
+        let Some(path) = p.master_key_file.as_ref() else {
+            anyhow::ensure!(
+                !p.is_on(),
+                "personal fields are configured but no master key: set AUDIT_DB_MASTER_KEY_FILE (`audit-db keygen --master --out DIR`)"
+            );
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading master key {}", path.display()))?;
+        let master =
+            audit_privacy::FileMasterKey::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let mut options = self.config.database.pool_options();
+        options.max_connections = options.max_connections.min(4);
+        let wait = options.acquire_timeout;
+        let pool = build_pool(self.connector.clone(), &options)?;
+        Ok(Some(std::sync::Arc::new(audit_privacy::Shredder::new(
+            p.personal_fields.clone(),
+            std::sync::Arc::new(master),
+            pool,
+            self.database_policy(),
+            wait,
+            Duration::from_secs(p.key_cache_ttl_secs),
+        ))))
+    }
+
+    /// A connected client with the configured personal-data policy installed (fails fast, naming host and port,
+    /// when the database is down).
     pub async fn client(&self) -> anyhow::Result<Client> {
+        self.client_with_privacy(self.privacy()?).await
+    }
+
+    /// A connected client with this personal-data policy (share one [`Privacy`] between the client and an erasure,
+    /// so the erasing process forgets the key at once).
+    pub async fn client_with_privacy(&self, privacy: Option<std::sync::Arc<Privacy>>) -> anyhow::Result<Client> {
         // Redis: a breaker and no retry — a slow cache must cost little; the database answers instead.
         let redis_policy = Policy::from_config(&self.config.circuit_breaker, &self.registry, "redis")
             .with_retry(RetrySchedule::none());
@@ -217,6 +258,9 @@ impl App {
             self.router().await?,
         )
         .await?;
+        if let Some(p) = privacy {
+            client.set_personal_data(p)?;
+        }
         Ok(client)
     }
 }

@@ -21,6 +21,19 @@ pub(crate) struct IngestArgs {
     /// Events per database transaction.
     #[arg(long, default_value_t = 5_000)]
     pub chunk: usize,
+    /// Input format: `ndjson` (one event per line, the seed's field names) or `fhir` (a FHIR R4 AuditEvent, a
+    /// Bundle of them, or FHIR bulk NDJSON; mapped as docs/fhir.md describes).
+    #[arg(long, value_enum, default_value = "ndjson")]
+    pub format: InputFormat,
+}
+
+/// What `audit-db ingest` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum InputFormat {
+    /// One event per line.
+    Ndjson,
+    /// FHIR R4 AuditEvent resources.
+    Fhir,
 }
 
 /// A run of validated lines handed from the reader thread to the writer.
@@ -32,6 +45,15 @@ struct Chunk {
 
 /// Runs the command.
 pub(crate) async fn run(app: App, args: IngestArgs) -> anyhow::Result<ExitCode> {
+    if args.format == InputFormat::Fhir {
+        let input: Box<dyn BufRead + Send> = match &args.file {
+            Some(p) if p.as_os_str() != "-" => {
+                Box::new(BufReader::new(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?))
+            }
+            _ => Box::new(BufReader::new(std::io::stdin())),
+        };
+        return crate::cli_fhir::ingest(app, input).await;
+    }
     let client = app.client().await?;
     let validator = client.validator().clone();
     let (input, total_bytes): (Box<dyn BufRead + Send>, Option<u64>) = match &args.file {

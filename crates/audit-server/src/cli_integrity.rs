@@ -32,11 +32,16 @@ pub(crate) struct KeyArgs {
 /// Tamper-evidence subcommands (flattened into the top level).
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum IntegrityCommand {
-    /// Write a new Ed25519 signing key: DIR/signing.key (private, mode 0600) and DIR/signing.pub.
+    /// Write a new Ed25519 signing key: DIR/signing.key (private, mode 0600) and DIR/signing.pub; with `--master`,
+    /// a new master key for personal data instead: DIR/master.key (mode 0600; set AUDIT_DB_MASTER_KEY_FILE to it).
     Keygen {
         /// Directory to write into.
         #[arg(long)]
         out: PathBuf,
+        /// Write the personal-data master key (`master.key`) instead of a signing key. Losing it makes every
+        /// personal value unreadable; keep a copy as carefully as the database's backups.
+        #[arg(long)]
+        master: bool,
         /// Key name (appears in signed notes).
         #[arg(long, default_value = "audit-db")]
         name: String,
@@ -160,7 +165,23 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 /// Runs an integrity subcommand. `verify-pack` and `keygen` need no database.
 pub(crate) async fn run(config: AuditConfig, cmd: IntegrityCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        IntegrityCommand::Keygen { out, name, force } => {
+        IntegrityCommand::Keygen { out, master: true, force, .. } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let key_path = out.join(audit_privacy::MASTER_KEY_FILE_NAME);
+            if key_path.exists() && !force {
+                bail!(
+                    "{} exists; refusing to replace a master key (every personal value sealed under it would become \
+                     unreadable; use --force)",
+                    key_path.display()
+                );
+            }
+            let text = audit_privacy::FileMasterKey::generate_text()?;
+            let id = audit_core::KeyManager::master_key_id(&audit_privacy::FileMasterKey::parse(&text)?);
+            write_private(&key_path, &text)?;
+            println!("{}", serde_json::json!({"master_key": key_path, "master_key_id": id}));
+            Ok(ExitCode::SUCCESS)
+        }
+        IntegrityCommand::Keygen { out, name, force, master: false } => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let key_path = out.join("signing.key");
             if key_path.exists() && !force {

@@ -9,6 +9,7 @@ use audit_index::IndexConfig;
 use audit_integrity::IntegrityConfig;
 use audit_partition::{PartitionConfig, PartitionInterval, PartitionStrategy};
 use audit_pg::DatabaseConfig;
+use audit_privacy::PrivacyConfig;
 use audit_replica::{ReplicaEndpoint, RouterConfig};
 use audit_resilience::CircuitBreakerConfig;
 use serde::{Deserialize, Serialize};
@@ -151,6 +152,8 @@ pub struct AuditConfig {
     pub replicas: Vec<ReplicaEndpoint>,
     /// `[api]`: the HTTP service.
     pub api: ApiConfig,
+    /// `[privacy]`: personal fields and the master key (crypto-shredding; off by default).
+    pub privacy: PrivacyConfig,
 }
 
 fn parse<T: std::str::FromStr>(key: &str, raw: &str) -> Result<T, ConfigError> {
@@ -170,6 +173,23 @@ fn parse_enum<T: std::str::FromStr<Err = String>>(key: &str, raw: &str) -> Resul
 }
 
 /// Sets one setting from an environment variable's value (`key` is the variable's name, for errors).
+/// A TOML error as a configuration error: the key when serde names one (`unknown field `x``, `missing field
+/// `x``), else `config file`; the reason with the line and column. (Syntax errors quote tokens in backticks too —
+/// "expected `.`, `=`" — which must not be taken for a key.)
+fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let msg = e.message().trim().to_string();
+    let named = ["unknown field `", "missing field `", "duplicate key `", "unknown variant `"]
+        .iter()
+        .find_map(|p| msg.split_once(p).and_then(|(_, rest)| rest.split_once('`')).map(|(k, _)| k.to_string()));
+    let at = e.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!("line {line}, column {column}: ")
+    });
+    cfg_err(named.unwrap_or_else(|| "config file".to_string()), format!("{}{msg}", at.unwrap_or_default()))
+}
+
 type Setter = fn(&mut AuditConfig, key: &str, value: &str) -> Result<(), ConfigError>;
 
 /// Every environment variable the configuration reads (besides `AUDIT_DB_READ_REPLICA_1..N`), and what it sets.
@@ -275,6 +295,14 @@ pub const ENVIRONMENT: &[(&str, Setter)] = &[
         c.api.audit_reads = parse_bool(k, v)?;
         Ok(())
     }),
+    ("AUDIT_DB_PERSONAL_FIELDS", |c, k, v| {
+        c.privacy.personal_fields = audit_core::PersonalFields::parse(v).map_err(|r| cfg_err(k, r))?;
+        Ok(())
+    }),
+    ("AUDIT_DB_MASTER_KEY_FILE", |c, _, v| {
+        c.privacy.master_key_file = Some(v.into());
+        Ok(())
+    }),
 ];
 
 /// Prefix of the numbered read-replica variables (`AUDIT_DB_READ_REPLICA_1`, `_2`, … until the first gap).
@@ -284,11 +312,7 @@ impl AuditConfig {
     /// Builds the configuration from an optional TOML text, then environment overrides, then checks it.
     pub fn load(toml_text: Option<&str>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut c: AuditConfig = match toml_text {
-            Some(t) => toml::from_str(t).map_err(|e| {
-                let msg = e.message().to_string();
-                let key = msg.split('`').nth(1).map(str::to_string).unwrap_or_else(|| "config file".to_string());
-                cfg_err(key, msg)
-            })?,
+            Some(t) => toml::from_str(t).map_err(|e| toml_error(t, &e))?,
             None => AuditConfig::default(),
         };
         c.apply_env(&env)?;
@@ -323,6 +347,7 @@ impl AuditConfig {
         self.indexes.check().map_err(|(k, r)| cfg_err(k, r))?;
         audit_replica::check_replicas(&self.replicas).map_err(|(k, r)| cfg_err(k, r))?;
         self.api.check().map_err(|(k, r)| cfg_err(k, r))?;
+        self.privacy.check().map_err(|(k, r)| cfg_err(k, r))?;
         Ok(())
     }
 }
@@ -330,6 +355,17 @@ impl AuditConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn toml_syntax_errors_give_the_position_and_no_token_as_a_key() {
+        // Found by fuzzing: "expected `.`, `=`" made `.` the key.
+        let e = AuditConfig::load(Some("[cache]\n:"), |_| None).unwrap_err();
+        assert_eq!(e.key, "config file");
+        assert!(e.reason.starts_with("line 2, column 1: "), "{e}");
+        let e = AuditConfig::load(Some("[cache]\nbogus = 1\n"), |_| None).unwrap_err();
+        assert_eq!(e.key, "bogus");
+        assert!(e.reason.starts_with("line 2, column 1: unknown field `bogus`"), "{e}");
+    }
 
     #[test]
     fn env_overrides_toml_and_bad_values_name_their_key() {
@@ -363,6 +399,20 @@ mod tests {
         assert_eq!((c.indexes.unused_threshold_days, c.indexes.analysis_interval), (7, 3_600_000));
         let e = AuditConfig::load(Some("[indexes]\nanalysisInterval = 5\n"), |_| None).unwrap_err();
         assert_eq!(e.key, "indexes.analysisInterval");
+    }
+
+    #[test]
+    fn privacy_is_off_by_default_and_needs_a_master_key() {
+        assert!(!AuditConfig::default().privacy.is_on());
+        let e =
+            AuditConfig::load(None, |k| (k == "AUDIT_DB_PERSONAL_FIELDS").then(|| "principal_id".into())).unwrap_err();
+        assert_eq!(e.key, "privacy.masterKeyFile");
+        let e = AuditConfig::load(None, |k| (k == "AUDIT_DB_PERSONAL_FIELDS").then(|| "email".into())).unwrap_err();
+        assert_eq!(e.key, "AUDIT_DB_PERSONAL_FIELDS");
+        assert!(e.reason.contains("`email`"), "{e}");
+        let toml = "[privacy]\npersonalFields = [\"principal_id\", \"details.patient_name\"]\nmasterKeyFile = \"/k/master.key\"\n";
+        let c = AuditConfig::load(Some(toml), |_| None).unwrap();
+        assert_eq!(c.privacy.personal_fields.to_list(), "principal_id,details.patient_name");
     }
 
     #[test]
@@ -405,10 +455,22 @@ mod tests {
                 | "AUDIT_DB_DATA_DIR"
                 | "AUDIT_DB_ARCHIVE_DIR"
                 | "LOG_LEVEL"
-                | "AUDIT_DB_SIGNING_KEY_FILE" => "/x",
+                | "AUDIT_DB_SIGNING_KEY_FILE"
+                | "AUDIT_DB_MASTER_KEY_FILE" => "/x",
+                "AUDIT_DB_PERSONAL_FIELDS" => "principal_id",
                 _ => "7",
             };
-            let changed = AuditConfig::load(None, |k| (k == *key).then(|| value.to_string())).unwrap();
+            // A personal-field list needs a master key beside it.
+            let changed = AuditConfig::load(None, |k| {
+                if k == *key {
+                    Some(value.to_string())
+                } else if *key == "AUDIT_DB_PERSONAL_FIELDS" && k == "AUDIT_DB_MASTER_KEY_FILE" {
+                    Some("/k".to_string())
+                } else {
+                    None
+                }
+            })
+            .unwrap();
             let changed = if *key == "REDIS_CLUSTER_MODE" {
                 // false is the default; true needs a URL to be meaningful but is accepted.
                 AuditConfig::load(None, |k| (k == *key).then(|| "true".to_string())).unwrap()

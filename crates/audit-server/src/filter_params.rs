@@ -242,6 +242,11 @@ mod tests {
         assert!(bad.message().starts_with("--limit:"), "{bad}");
         let bad = http("from=yesterday").unwrap().to_filter(Utc::now(), ParamNames::Http).unwrap_err();
         assert!(bad.message().starts_with("from:"), "{bad}");
+        // Found by fuzzing: serde's integer error named no parameter.
+        for q in ["limit=", "limit=-1", "limit=x", "limit=99999999999"] {
+            let e = http(q).unwrap_err();
+            assert!(e.starts_with("limit: `"), "{q}: {e}");
+        }
         let bad = http("from=now-99999999999999d").unwrap().to_filter(Utc::now(), ParamNames::Http).unwrap_err();
         assert!(bad.message().starts_with("from:"), "{bad}");
     }

@@ -9,8 +9,10 @@
 pub mod api_keys;
 pub mod app;
 pub mod config;
+pub mod fhir;
 pub mod filter_params;
 pub mod http;
+pub mod privacy;
 pub mod readiness;
 pub mod telemetry;
 pub mod workload;

@@ -6,10 +6,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cli_api_keys;
+mod cli_fhir;
+mod cli_health;
 mod cli_indexes;
 mod cli_ingest;
 mod cli_integrity;
 mod cli_partitions;
+mod cli_privacy;
 mod cli_query;
 mod cli_replicas;
 mod demo;
@@ -47,10 +50,14 @@ enum Command {
     /// line. Exit 0 when every line was stored or a duplicate, 2 when some were rejected (the valid ones are
     /// stored), 1 on a fatal error.
     Ingest(cli_ingest::IngestArgs),
+    /// Export events as FHIR R4 AuditEvent resources: a Bundle of type `collection` (`--format fhir`) or FHIR bulk
+    /// NDJSON (`--format fhir-ndjson`), with the filters of `query` (`--org`, `--from`, `--to`, …).
+    Export(Box<cli_fhir::ExportArgs>),
     /// Query stored events (newest first); prints `next_cursor=TOKEN` on stderr when more rows match.
     Query(Box<cli_query::QueryArgs>),
-    /// Print the health report as JSON (exit 1 when unhealthy).
-    Health,
+    /// Print the health report as JSON (exit 1 when unhealthy); with `--service URL`, ask a running service's
+    /// `/health` instead (the container HEALTHCHECK).
+    Health(cli_health::HealthArgs),
     /// The newcomer's tour: generate realistic events, ingest them, run the seed's example queries, print health.
     Demo(demo::DemoArgs),
     /// Run the HTTP service (/v1 API with API keys, /health, /ready, /metrics, /openapi.json).
@@ -78,6 +85,10 @@ enum Command {
         #[command(subcommand)]
         command: cli_replicas::ReplicasCommand,
     },
+    /// Erase a data subject (GDPR Art. 17) by destroying its key: its personal values read as `[erased]`, every
+    /// proof stays valid. Refused while a legal hold covers any of its events. Prints a JSON report; exit 0 erased
+    /// (or dry run, or nothing to erase), 3 refused by a legal hold, 1 on error.
+    Erase(cli_privacy::EraseArgs),
     /// Manage the embedded private PostgreSQL cluster.
     Embedded {
         #[command(subcommand)]
@@ -156,7 +167,11 @@ async fn run(command: Command, config: AuditConfig) -> anyhow::Result<ExitCode> 
             cli_ingest::run(App::open(config).await?, args).await
         }
         Command::Query(args) => cli_query::run(App::open(config).await?, *args).await,
-        Command::Health => {
+        Command::Export(args) => cli_fhir::export(App::open(config).await?, *args).await,
+        Command::Health(cli_health::HealthArgs { service: Some(url), timeout }) => {
+            cli_health::run_service(&url, std::time::Duration::from_secs(timeout.max(1))).await
+        }
+        Command::Health(_) => {
             let app = App::open(config).await?;
             let client = app.client().await?;
             let report = client.health().await;
@@ -170,6 +185,7 @@ async fn run(command: Command, config: AuditConfig) -> anyhow::Result<ExitCode> 
         Command::Indexes { command } => cli_indexes::run(App::open(config).await?, command).await,
         Command::ApiKeys { command } => cli_api_keys::run(App::open(config).await?, command).await,
         Command::Replicas { command } => cli_replicas::run(App::open(config).await?, command).await,
+        Command::Erase(args) => cli_privacy::run(App::open(config).await?, args).await,
         Command::Embedded { action } => {
             let dir = config.database.data_dir.clone();
             match action {

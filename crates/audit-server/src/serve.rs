@@ -9,7 +9,6 @@ use audit_integrity::NoteSigner;
 use audit_server::app::App;
 use audit_server::http::{IndexHealthSlot, ServiceState, drain_insert_queue, router, serve};
 use audit_server::telemetry::Telemetry;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 /// Arguments of `audit-db serve`.
 #[derive(Debug, clap::Args)]
@@ -22,12 +21,7 @@ pub(crate) struct ServeArgs {
 /// Runs the service until interrupted.
 pub(crate) async fn run(app: App, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let metrics = if app.config.monitoring.enabled {
-        let handle = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full(audit_core::metrics::OPERATION_DURATION.to_string()),
-                &audit_core::metrics::OPERATION_DURATION_BUCKETS,
-            )?
-            .install_recorder()?;
+        let handle = audit_server::telemetry::prometheus_builder()?.install_recorder()?;
         audit_core::metrics::describe_all();
         Some(handle)
     } else {

@@ -14,6 +14,21 @@ use chrono::Utc;
 
 use crate::app::Client;
 
+/// The Prometheus exporter as `serve` installs it: every histogram of the one list with its buckets
+/// (`audit_core::metrics::histogram_buckets`; without them the exporter would publish summaries, which have no
+/// `_bucket` series for `histogram_quantile`).
+pub fn prometheus_builder()
+-> Result<metrics_exporter_prometheus::PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    let mut builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+    for spec in m::METRICS {
+        if let Some(buckets) = m::histogram_buckets(spec.name) {
+            builder = builder
+                .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Full(spec.name.to_string()), buckets)?;
+        }
+    }
+    Ok(builder)
+}
+
 /// How often the gauges are sampled (Prometheus scrapes every 15–60 s).
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(15);
 

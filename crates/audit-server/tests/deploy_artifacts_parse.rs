@@ -398,3 +398,31 @@ fn dockerfile_health_check_asks_the_exposed_port_and_runs_as_non_root() {
     let unknown: Vec<_> = env.iter().filter(|k| !settings.contains(*k) && !k.starts_with("CARGO_PROFILE_")).collect();
     assert!(unknown.is_empty(), "the Dockerfile sets variables audit-db does not read: {unknown:?}");
 }
+
+#[test]
+fn the_operations_guide_lists_exactly_the_metrics_of_the_one_list_with_their_types_and_labels() {
+    let doc = read("docs/operations.md");
+    let mut rows = std::collections::BTreeMap::new();
+    for line in doc.lines().filter(|l| l.starts_with("| `audit_db_")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let name = cells[1].trim_matches('`').to_string();
+        assert!(rows.insert(name.clone(), (cells[2].to_string(), cells[3].to_string())).is_none(), "{name} twice");
+    }
+    let listed: BTreeSet<&str> = audit_core::metrics::METRICS.iter().map(|m| m.name).collect();
+    let documented: BTreeSet<&str> = rows.keys().map(String::as_str).collect();
+    assert_eq!(
+        documented.symmetric_difference(&listed).collect::<Vec<_>>(),
+        Vec::<&&str>::new(),
+        "docs/operations.md and audit_core::metrics::METRICS differ"
+    );
+    for m in audit_core::metrics::METRICS {
+        let (kind, labels) = &rows[m.name];
+        assert!(kind.starts_with(m.kind.as_str()), "{}: documented as {kind}, is a {}", m.name, m.kind.as_str());
+        for l in m.labels {
+            assert!(labels.contains(&format!("`{l}`")), "{}: label `{l}` not documented ({labels})", m.name);
+        }
+        if m.labels.is_empty() {
+            assert!(labels.is_empty(), "{}: documented labels {labels}, it has none", m.name);
+        }
+    }
+}

@@ -15,9 +15,19 @@ use chrono::{DateTime, Datelike as _, Duration, SecondsFormat, TimeZone as _, Ut
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// The migrations of the schema before this layout (applied by hand to build an "old" database).
-const OLD_MIGRATIONS: [&str; 3] =
-    ["2026-11-25-000001_audit_log", "2026-11-25-000002_partition_manager", "2026-12-01-000050_verify_runs"];
+/// The migration that introduced this layout: every migration before it makes the "old" schema.
+const LAYOUT_MIGRATION: &str = "2026-12-01-000100_index_layout";
+
+/// The migrations of the schema before this layout (applied by hand to build an "old" database), in order.
+fn old_migrations(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.as_str() < LAYOUT_MIGRATION && root.join(n).join("up.sql").exists())
+        .collect();
+    names.sort();
+    names
+}
 
 async fn open_app(url: &str) -> App {
     let mut config = AuditConfig::default();
@@ -37,7 +47,8 @@ async fn build_old_schema(url: &str) {
     )
     .await
     .unwrap();
-    for m in OLD_MIGRATIONS {
+    for m in old_migrations(&root) {
+        let m = m.as_str();
         let up = std::fs::read_to_string(root.join(m).join("up.sql")).unwrap();
         c.batch_execute(&up).await.unwrap_or_else(|e| panic!("{m}: {e}"));
         let version: String = m.split('_').next().unwrap().chars().filter(|c| *c != '-').collect();
@@ -125,7 +136,12 @@ async fn an_upgrade_from_the_previous_schema_keeps_every_proof_and_verifies_clea
     // The upgrade, as `audit-db migrate` runs it.
     let app = open_app(&db.url).await;
     let applied = app.migrate().await.unwrap();
-    assert_eq!(applied.len(), 1, "only the new migration is applied: {applied:?}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
+    let newer = std::fs::read_dir(&root).unwrap().filter(|e| {
+        let n = e.as_ref().unwrap().file_name().to_string_lossy().into_owned();
+        n.as_str() >= LAYOUT_MIGRATION
+    });
+    assert_eq!(applied.len(), newer.count(), "only the layout migration and later ones are applied: {applied:?}");
 
     // Not one proof rewritten: same rows, same seq, same leaf hashes.
     assert_eq!(leaves(&db.url).await, before);

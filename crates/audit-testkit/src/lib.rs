@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod accounting;
 pub mod cluster;
 pub mod proxy;
 pub mod redis;

@@ -49,23 +49,17 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Measure>> {
         let lib_first = round % 2 == 0;
         for side in if lib_first { [0, 1] } else { [1, 0] } {
             if side == 0 {
+                let batch = events.clone();
                 let t = Instant::now();
-                let report = lib.insert_batch(events.clone()).await?;
+                let report = lib.insert_batch(batch).await?;
                 lib_time += t.elapsed();
                 if report.accepted() != ROUND {
                     bail!("insert_batch stored {} of {ROUND}", report.accepted());
                 }
             } else {
+                let request = http.post(format!("{base}/v1/events:batch")).bearer_auth(&key).body(body.clone());
                 let t = Instant::now();
-                let text = http
-                    .post(format!("{base}/v1/events:batch"))
-                    .bearer_auth(&key)
-                    .body(body.clone())
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .text()
-                    .await?;
+                let text = request.send().await?.error_for_status()?.text().await?;
                 http_time += t.elapsed();
                 let last: Value = serde_json::from_str(text.lines().last().unwrap_or_default())
                     .context("the batch answer ends with a summary line")?;

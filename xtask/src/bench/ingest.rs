@@ -111,17 +111,21 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<(Vec<Measure>, Dataset)> {
     let candidate = ctx.env.fresh_database("candidate", &cfg, &ctx.covering()).await?;
     let copy = ctx.env.fresh_database("copy", &cfg, &ctx.covering()).await?;
     let heap = ctx.env.fresh_database("heap", &cfg, &ctx.covering()).await?;
+    let lean = ctx.env.fresh_database("lean", &cfg, &ctx.covering()).await?;
     let legacy = ctx.env.fresh_database("todays_set", &cfg, &ctx.covering()).await?;
     let client = candidate.client().await.context("connecting the candidate client")?;
     let legacy_client = legacy.client().await.context("connecting the today's-set client")?;
     let mut copy_client = env::connect(&copy.url).await?;
     let mut heap_client = env::connect(&heap.url).await?;
+    let mut lean_client = env::connect(&lean.url).await?;
+    lean_client.batch_execute(LEAN_SET_SQL).await.context("building the lean index set")?;
     let cand_admin = env::connect(&candidate.url).await?;
     let heap_dropped = keep_only_primary_key(&heap_client).await?;
     env::connect(&legacy.url).await?.batch_execute(TODAYS_SET_SQL).await.context("building today's index set")?;
     progress(format!(
         "databases: candidate (chosen layout), todays_set (+ GIN on details on every partition), copy (same \
-         schema as the candidate), heap (primary key only; dropped {})",
+         schema as the candidate), lean (copy without the principal and action/status indexes), heap (primary key \
+         only; dropped {})",
         heap_dropped.join(", ")
     ));
     for c in [&cand_admin, &copy_client] {
@@ -136,7 +140,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<(Vec<Measure>, Dataset)> {
     // --- bulk: insert_batch (chosen layout and today's set) vs binary COPY (same schema, PK only), rotating ------
     ctx.env.checkpoint().await;
     let rounds = s.rows.div_ceil(s.round);
-    let mut sides = [Side::default(), Side::default(), Side::default(), Side::default()];
+    let mut sides = [Side::default(); SIDES];
     let tx_before = client.write_transactions();
     reset_statements(&cand_admin).await;
     let mut done = 0;
@@ -145,8 +149,8 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<(Vec<Measure>, Dataset)> {
         let values: Vec<Value> = wl.by_ref().take(n).collect();
         let rows = factory.make_all(&values)?;
         // Which side goes first rotates every round, so a checkpoint or a noisy neighbour hits each alike.
-        for k in 0..4 {
-            let which = (r + k) % 4;
+        for k in 0..SIDES {
+            let which = (r + k) % SIDES;
             let wal0 = wal_position(&cand_admin).await?;
             let (t, cpu) = (Instant::now(), env::process_cpu_seconds());
             match which {
@@ -162,6 +166,9 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<(Vec<Measure>, Dataset)> {
                 COPY => {
                     copy_chunks(&mut copy_client, &rows).await?;
                 }
+                LEAN => {
+                    copy_chunks(&mut lean_client, &rows).await?;
+                }
                 _ => {
                     copy_chunks(&mut heap_client, &rows).await?;
                 }
@@ -175,12 +182,13 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<(Vec<Measure>, Dataset)> {
         let rate = |i: usize| done as f64 / sides[i].time.as_secs_f64();
         progress(format!(
             "bulk round {}/{rounds}: {done} rows; insert_batch {:.0} ev/s (today's set {:.0}), COPY {:.0}, heap COPY \
-             {:.0} ev/s so far",
+             {:.0} ev/s, lean COPY {:.0} ev/s so far",
             r + 1,
             rate(CAND),
             rate(LEGACY),
             rate(COPY),
-            rate(HEAP)
+            rate(HEAP),
+            rate(LEAN)
         ));
     }
     let bulk_txs = client.write_transactions() - tx_before;
@@ -197,6 +205,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<(Vec<Measure>, Dataset)> {
         "todays_set_insert_batch": side_json(LEGACY),
         "copy_same_schema": side_json(COPY),
         "copy_primary_key_only": side_json(HEAP),
+        "copy_lean_set": side_json(LEAN),
     });
     measures.push(
         Measure::ratio("ingest_bulk_ratio_vs_copy", cand_rate, copy_rate, "events/s", Some(Target::at_least(0.8)))
@@ -239,6 +248,11 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<(Vec<Measure>, Dataset)> {
         )
         .note("pg_current_wal_lsn() difference around each insert_batch call ÷ events; baseline = today's set")
         .details(sides_json.clone()),
+    );
+    measures.push(
+        Measure::ratio("ingest_copy_lean_ratio_vs_heap_copy", rate(LEAN), rate(HEAP), "events/s", None)
+            .note("binary COPY into the lean set (PK, (org, ts), (org, seq)) ÷ into the primary key alone")
+            .details(json!({"lean": side_json(LEAN), "same_schema_copy": side_json(COPY)})),
     );
     measures.push(
         Measure::ratio("ingest_bulk_ratio_vs_todays_set", cand_rate, rate(LEGACY), "events/s", None)
@@ -381,6 +395,12 @@ const CAND: usize = 0;
 const LEGACY: usize = 1;
 const COPY: usize = 2;
 const HEAP: usize = 3;
+const LEAN: usize = 4;
+const SIDES: usize = 5;
+
+/// The lean alternative: the candidate's layout without the two secondary btrees that only principal + action and
+/// action + status queries use (PK, (organization_id, timestamp) and (organization_id, seq) remain).
+const LEAN_SET_SQL: &str = "DROP INDEX audit_log_principal_action_idx; DROP INDEX audit_log_action_status_ts_idx";
 
 /// What one side of the bulk ingest spent.
 #[derive(Debug, Default, Clone, Copy)]

@@ -11,6 +11,7 @@ pub(crate) mod index;
 pub(crate) mod ingest;
 pub(crate) mod integrity;
 pub(crate) mod measure;
+pub(crate) mod privacy;
 pub(crate) mod query;
 pub(crate) mod replica;
 pub(crate) mod report;
@@ -39,8 +40,8 @@ pub(crate) struct BenchArgs {
     /// cluster.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Run only these groups or measures (comma-separated): ingest, query, integrity, retention, cache, replica, http,
-    /// index, or any measure name (its group runs).
+    /// Run only these groups or measures (comma-separated): ingest, privacy, query, integrity, retention, cache, replica,
+    /// http, index, or any measure name (its group runs).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Rows of the bulk ingest (overrides the mode's size; for trying the harness).
@@ -142,7 +143,8 @@ impl Sizes {
 }
 
 /// The experiment groups, in run order.
-pub(crate) const GROUPS: [&str; 8] = ["cache", "ingest", "query", "integrity", "retention", "replica", "http", "index"];
+pub(crate) const GROUPS: [&str; 9] =
+    ["cache", "ingest", "privacy", "query", "integrity", "retention", "replica", "http", "index"];
 
 /// Group of each measure name this harness emits with a target.
 pub(crate) const MEASURE_GROUPS: &[(&str, &str)] = &[
@@ -152,6 +154,7 @@ pub(crate) const MEASURE_GROUPS: &[(&str, &str)] = &[
     ("ingest_bulk_ratio_vs_heap_copy", "ingest"),
     ("wal_bytes_per_event", "ingest"),
     ("seal_seconds_per_million_events", "ingest"),
+    ("ingest_bulk_ratio_privacy_on_vs_off", "privacy"),
     ("query_uncached_p50_ms", "query"),
     ("query_uncached_p99_ms", "query"),
     ("query_l1_hit_p50_us", "query"),
@@ -338,6 +341,7 @@ async fn run_groups(ctx: &Ctx, groups: &[&str], measures: &mut Vec<Measure>) -> 
             }
             "integrity" => measures.extend(integrity::run(ctx, dataset.as_ref()).await?),
             "retention" => measures.extend(retention::run(ctx).await?),
+            "privacy" => measures.extend(privacy::run(ctx).await?),
             "replica" => measures.extend(replica::run(ctx).await?),
             "index" => measures.extend(index::run(ctx).await?),
             "http" => measures.extend(http::run(ctx).await?),

@@ -1,0 +1,88 @@
+//! Privacy: the write-path cost of the personal-data policy (crypto-shredding). The same events are stored with
+//! `insert_batch` into two fresh databases of the same schema and partitions, one client with the policy off and one
+//! with `principal_id,target_resource_id,details.ip_address` personal (every such value sealed with AES-256-GCM under
+//! its subject's key; a new subject's key generated, wrapped under the master key and stored). Rounds alternate
+//! (which side goes first flips) so that noise hits both alike.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use audit_server::workload::Workload;
+use serde_json::{Value, json};
+
+use super::measure::{Measure, Target};
+use super::{Ctx, progress};
+
+/// The personal fields of the "on" side.
+const FIELDS: &str = "principal_id,target_resource_id,details.ip_address";
+
+/// The privacy group.
+pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Measure>> {
+    let rows = (ctx.sizes.rows / 5).clamp(1_000, 1_000_000);
+    let round = ctx.sizes.round.min(rows);
+    let off_cfg = super::ingest::candidate_config(ctx);
+    let mut on_cfg = off_cfg.clone();
+    let key_dir = ctx.env.scratch.join("privacy-keys");
+    std::fs::create_dir_all(&key_dir)?;
+    let key_path = key_dir.join(audit_privacy::MASTER_KEY_FILE_NAME);
+    std::fs::write(&key_path, audit_privacy::FileMasterKey::generate_text()?)?;
+    on_cfg.privacy.personal_fields = audit_core::PersonalFields::parse(FIELDS).map_err(anyhow::Error::msg)?;
+    on_cfg.privacy.master_key_file = Some(key_path);
+    let off_app = ctx.env.fresh_database("privacy_off", &off_cfg, &ctx.covering()).await?;
+    let on_app = ctx.env.fresh_database("privacy_on", &on_cfg, &ctx.covering()).await?;
+    let off = off_app.client().await.context("connecting the policy-off client")?;
+    let on = on_app.client().await.context("connecting the policy-on client")?;
+    if on.personal_data().is_none() {
+        bail!("the policy-on client has no personal-data policy installed");
+    }
+    let mut wl = Workload::new(ctx.seed ^ 0x5eed, ctx.shape(), ctx.now);
+    let (mut t_on, mut t_off) = (Duration::ZERO, Duration::ZERO);
+    let mut done = 0;
+    ctx.env.checkpoint().await;
+    for r in 0..rows.div_ceil(round) {
+        let n = round.min(rows - done);
+        let values: Vec<Value> = wl.by_ref().take(n).collect();
+        let sides: [(&audit_server::app::Client, &mut Duration); 2] =
+            if r % 2 == 0 { [(&on, &mut t_on), (&off, &mut t_off)] } else { [(&off, &mut t_off), (&on, &mut t_on)] };
+        for (client, total) in sides {
+            let t = Instant::now();
+            let report = client.insert_batch(values.clone()).await.context("insert_batch")?;
+            *total += t.elapsed();
+            if report.accepted() != n {
+                bail!("insert_batch stored {} of {n} events", report.accepted());
+            }
+        }
+        done += n;
+        progress(format!(
+            "privacy round {}: {done} rows; policy on {:.0} ev/s, off {:.0} ev/s",
+            r + 1,
+            done as f64 / t_on.as_secs_f64(),
+            done as f64 / t_off.as_secs_f64()
+        ));
+    }
+    let admin = super::env::connect(&on_app.url).await?;
+    let keys: i64 = admin.query_one("SELECT count(*) FROM audit_subject_keys", &[]).await?.get(0);
+    let on_rate = rows as f64 / t_on.as_secs_f64();
+    let off_rate = rows as f64 / t_off.as_secs_f64();
+    Ok(vec![
+        Measure::ratio(
+            "ingest_bulk_ratio_privacy_on_vs_off",
+            on_rate,
+            off_rate,
+            "events/s",
+            Some(Target::at_least(0.8)),
+        )
+        .details(json!({
+            "rows": rows,
+            "round": round,
+            "personal_fields": FIELDS,
+            "subject_keys_created": keys,
+            "candidate_seconds": t_on.as_secs_f64(),
+            "baseline_seconds": t_off.as_secs_f64(),
+            "candidate": "AuditClient::insert_batch with the personal-data policy on (subject keys resolved in \
+                          bulk and created as needed, values sealed with AES-256-GCM before hashing)",
+            "baseline": "the same events through AuditClient::insert_batch with the policy off, into a fresh \
+                         database with the same schema and partitions",
+        })),
+    ])
+}
