@@ -313,17 +313,21 @@ where
                 }
             }
         }
-        // Personal values are sealed before anything is hashed (one key lookup for the whole call).
-        if self.inner.privacy.get().is_some() && !valid.is_empty() {
-            let (idx, events): (Vec<usize>, Vec<NewEvent>) = valid.into_iter().unzip();
-            let events = crate::privacy::protect(&self.inner.privacy_policy(), events).await?;
-            valid = idx.into_iter().zip(events).collect();
-        }
-        // Stamping and pre-hashing chunk k+1 (CPU) overlaps storing chunk k (database).
+        // Sealing personal values (subject keys looked up or created: database work on the privacy pool), then
+        // stamping and pre-hashing (CPU) of chunk k+1 overlap storing chunk k. Sealing comes before hashing, so the
+        // leaf hash covers what is stored.
+        let privacy = self.inner.privacy_policy();
         let prepare = |chunk: Vec<(usize, NewEvent)>| {
-            tokio::task::spawn_blocking(move || {
-                let ingested_at = now_micros();
-                chunk.into_iter().map(|(i, e)| (i, PreparedEvent::new(e, ingested_at))).unzip::<_, _, Vec<_>, Vec<_>>()
+            let privacy = privacy.clone();
+            tokio::spawn(async move {
+                let (idx, events): (Vec<usize>, Vec<NewEvent>) = chunk.into_iter().unzip();
+                let events = crate::privacy::protect(&privacy, events).await?;
+                tokio::task::spawn_blocking(move || {
+                    let ingested_at = now_micros();
+                    (idx, events.into_iter().map(|e| PreparedEvent::new(e, ingested_at)).collect::<Vec<_>>())
+                })
+                .await
+                .map_err(|e| AuditError::permanent(format!("preparing events failed: {e}")))
             })
         };
         let mut chunks = Vec::new();
@@ -336,7 +340,7 @@ where
         let mut batch_lsn: Option<CommitLsn> = None;
         while let Some(pending) = next.take() {
             let (idx, prepared): (Vec<usize>, Vec<PreparedEvent>) =
-                pending.await.map_err(|e| AuditError::permanent(format!("preparing events failed: {e}")))?;
+                pending.await.map_err(|e| AuditError::permanent(format!("preparing events failed: {e}")))??;
             next = chunks.next().map(prepare);
             let ids: Vec<Uuid> = prepared.iter().map(|p| p.event.event_id).collect();
             let (outcomes, commit_lsn) = self.inner.store(prepared, Atomicity::PerEvent).await?;
