@@ -155,7 +155,8 @@ pub(crate) fn fuzz(args: &FuzzArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let out = c.output().context("running the fuzz tests")?;
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    for line in text.lines().filter(|l| l.starts_with("fuzz ")) {
+    // libtest prints `test name ... ` before a test's own output, on the same line.
+    for line in text.lines().filter_map(|l| l.find("fuzz ").map(|i| &l[i..])) {
         println!("{line}");
     }
     println!("fuzz: {:.0}s", started.elapsed().as_secs_f64());

@@ -178,7 +178,8 @@ fn parse_enum<T: std::str::FromStr<Err = String>>(key: &str, raw: &str) -> Resul
 /// "expected `.`, `=`" — which must not be taken for a key.)
 fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
     let msg = e.message().trim().to_string();
-    let named = ["unknown field `", "missing field `", "duplicate key `", "unknown variant `"]
+    // Only messages whose quoted word is a key; "unknown variant `x`" quotes the value (found by fuzzing).
+    let named = ["unknown field `", "missing field `", "duplicate key `"]
         .iter()
         .find_map(|p| msg.split_once(p).and_then(|(_, rest)| rest.split_once('`')).map(|(k, _)| k.to_string()));
     let at = e.span().map(|span| {
@@ -365,6 +366,9 @@ mod tests {
         let e = AuditConfig::load(Some("[cache]\nbogus = 1\n"), |_| None).unwrap_err();
         assert_eq!(e.key, "bogus");
         assert!(e.reason.starts_with("line 2, column 1: unknown field `bogus`"), "{e}");
+        let e = AuditConfig::load(Some("[partition]\ninterval = \"weekly\"\n"), |_| None).unwrap_err();
+        assert_eq!(e.key, "config file", "the value is not the key: {e}");
+        assert!(e.reason.starts_with("line 2, column 12: ") && e.reason.contains("weekly"), "{e}");
     }
 
     #[test]

@@ -131,7 +131,7 @@ async fn kill_9_of_ingest_mid_file_then_the_same_file_again_stores_every_line_on
             assert!(started.elapsed() < Duration::from_secs(60), "ingest stored nothing within 60 s");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(Duration::from_millis(rng.range(0, 2_500))).await;
+        tokio::time::sleep(Duration::from_millis(rng.range(0, 1_200))).await;
         child.start_kill().unwrap(); // SIGKILL
         let status = child.wait().await.unwrap();
         let at_kill = stored().await;
