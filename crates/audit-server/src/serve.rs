@@ -29,8 +29,10 @@ pub(crate) async fn run(app: App, args: ServeArgs) -> anyhow::Result<ExitCode> {
         None
     };
     app.migrate().await?;
-    let client = app.client().await?;
-    let partitions = app.partitions().await?;
+    // One policy for the client and the erase route: an erasure through the API reads as `[erased]` at once.
+    let privacy = app.privacy()?;
+    let client = app.client_with_privacy(privacy.clone()).await?;
+    let partitions = Arc::new(app.partitions().await?);
     let _checkpointer = match (app.config.integrity.checkpoint_interval_secs, &app.config.integrity.signing_key_file) {
         (Some(secs), Some(key)) => {
             let text = std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
@@ -49,15 +51,13 @@ pub(crate) async fn run(app: App, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _indexes = spawn_index_rounds(app.indexes(), index_health.clone());
     // Partition maintenance (`partition.autoMaintenance`) runs inside the client.
     let _telemetry = metrics.is_some().then(|| -> anyhow::Result<_> {
-        Ok(Telemetry {
-            client: client.clone(),
-            partitions: Arc::new(partitions),
-            integrity: Arc::new(app.integrity()?),
-        }
-        .spawn())
+        Ok(Telemetry { client: client.clone(), partitions: partitions.clone(), integrity: Arc::new(app.integrity()?) }
+            .spawn())
     });
     let mut state = ServiceState::new(&app, client.clone(), metrics)?;
     state.indexes = index_health;
+    state.privacy = privacy;
+    state.partitions = Some(partitions);
     let state = Arc::new(state);
     if !app.config.api.audit_reads {
         tracing::warn!(

@@ -7,6 +7,7 @@ mod events;
 mod integrity;
 mod layers;
 pub mod openapi;
+mod subjects;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +57,14 @@ pub struct ServiceState {
     pub api: ApiConfig,
     /// The primary's circuit breaker (an open breaker makes the service unready).
     pub primary_breaker: Arc<Breaker>,
+    /// The personal-data fields of `[privacy]`: their values are redacted in the recorded filters of audited
+    /// reads, because a subject's id used as a filter would otherwise be stored in clear and outlive its erasure.
+    pub personal_fields: audit_core::PersonalFields,
+    /// The personal-data policy shared with [`ServiceState::client`] (`None` when off): the erase route destroys
+    /// keys through it, so an erasure takes effect in this process at once.
+    pub privacy: Option<Arc<crate::app::Privacy>>,
+    /// The partition manager (legal holds are checked before an erasure); set by `serve`.
+    pub partitions: Option<Arc<audit_partition::PartitionManager<Policy>>>,
     connector: Connector,
     migrations_current: AtomicBool,
     /// The latest index analysis as a health component (`indexes` in `/health`), set by the background rounds.
@@ -82,6 +91,9 @@ impl ServiceState {
             verifier: app.verifier()?,
             api: app.config.api.clone(),
             primary_breaker: app.breakers().get_or_create(audit_resilience::names::PRIMARY),
+            personal_fields: app.config.privacy.personal_fields.clone(),
+            privacy: None,
+            partitions: None,
             connector: app.connector().clone(),
             migrations_current: AtomicBool::new(false),
             indexes: IndexHealthSlot::default(),
@@ -113,6 +125,7 @@ impl ServiceState {
             return Ok(());
         }
         let k = caller.key();
+        let filter = redact_filter(&self.personal_fields, filter);
         let event = serde_json::json!({
             "timestamp": audit_core::event::format_timestamp(chrono::Utc::now()),
             "action": "audit_log_access",
@@ -129,6 +142,41 @@ impl ServiceState {
     }
 }
 
+/// What an audited read records of its filter: the values of personal fields (`principal`, `resource_id`, personal
+/// `details` keys) replaced by `[redacted]`, so a data subject's id never reaches the log in clear through a query.
+pub(crate) fn redact_filter(fields: &audit_core::PersonalFields, mut filter: serde_json::Value) -> serde_json::Value {
+    use audit_core::PersonalField;
+    const REDACTED: &str = "[redacted]";
+    if !fields.is_on() {
+        return filter;
+    }
+    let Some(o) = filter.as_object_mut() else { return filter };
+    for (field, param) in [(PersonalField::PrincipalId, "principal"), (PersonalField::TargetResourceId, "resource_id")]
+    {
+        if fields.contains(&field)
+            && let Some(v) = o.get_mut(param)
+        {
+            *v = serde_json::Value::String(REDACTED.into());
+        }
+    }
+    let detail_keys: Vec<&str> = fields.detail_keys().collect();
+    if let Some(v) = o.get_mut("details") {
+        *v = match v.as_str().map(serde_json::from_str::<serde_json::Value>) {
+            Some(Ok(serde_json::Value::Object(mut wanted))) => {
+                for k in &detail_keys {
+                    if let Some(x) = wanted.get_mut(*k) {
+                        *x = serde_json::Value::String(REDACTED.into());
+                    }
+                }
+                serde_json::Value::String(serde_json::Value::Object(wanted).to_string())
+            }
+            // Not an object: it was refused before the read; record nothing of it.
+            _ => serde_json::Value::String(REDACTED.into()),
+        };
+    }
+    filter
+}
+
 /// The service's routes with every layer (auth is per route, through [`Caller`]).
 pub fn router(state: Arc<ServiceState>) -> Router {
     let api = state.api.clone();
@@ -139,6 +187,7 @@ pub fn router(state: Arc<ServiceState>) -> Router {
         .route("/v1/proofs/{event_id}", get(integrity::get_proof))
         .route("/v1/checkpoints/{org}", get(integrity::get_checkpoint))
         .route("/v1/verify", post(integrity::post_verify))
+        .route("/v1/subjects/{subject}/erase", post(subjects::post_erase))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(render_metrics))
@@ -287,6 +336,19 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn personal_filter_values_are_redacted() {
+        let fields = audit_core::PersonalFields::parse("principal_id,details.patient_name").unwrap();
+        let f = serde_json::json!({"principal": "alice", "resource_id": "r1",
+                                   "details": "{\"patient_name\":\"Al\",\"reason\":\"t\"}"});
+        let r = redact_filter(&fields, f.clone());
+        assert_eq!(r["principal"], "[redacted]");
+        assert_eq!(r["resource_id"], "r1");
+        let d: serde_json::Value = serde_json::from_str(r["details"].as_str().unwrap()).unwrap();
+        assert_eq!(d, serde_json::json!({"patient_name": "[redacted]", "reason": "t"}));
+        assert_eq!(redact_filter(&audit_core::PersonalFields::default(), f.clone()), f);
+    }
 
     #[test]
     fn read_headers_map_to_consistency() {
