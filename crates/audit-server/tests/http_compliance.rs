@@ -183,3 +183,98 @@ async fn an_admin_key_erases_a_subject_through_the_api_and_reads_show_erased() {
     let (code, again) = svc.post(&admin, &path, &json!({})).await;
     assert_eq!((code, again["status"].clone()), (StatusCode::OK, json!("no_key")), "{again}");
 }
+
+/// An HL7 example AuditEvent (a RESTful read), recorded now under a fresh id.
+fn hl7_audit_event() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../audit-fhir/tests/data/AuditEvent-example-rest.json");
+    let mut r: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    r["id"] = json!(Uuid::new_v4().to_string());
+    r["recorded"] = json!(Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true));
+    // `source.site` is the organisation.
+    r["source"]["site"] = json!(ORG);
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_audit_events_go_in_and_come_back_as_a_bundle_with_the_same_mapping() {
+    let db = TestDb::create("http_comp_fhir").await;
+    cli::ok(&cli::run(&db.url, &[], &["migrate"]), "migrate");
+    let svc = Service::start(&db, &[]).await;
+    let (ingest, query) = (key_of(&db, ORG, "ingest"), key_of(&db, ORG, "query"));
+    let resource = hl7_audit_event();
+    let expected = audit_fhir::from_audit_event(&resource).expect("the example maps");
+
+    // Keys are required, with the ingest scope.
+    let r = svc.http.post(svc.url("/fhir/AuditEvent")).json(&resource).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let (code, body) = svc.post(&query, "/fhir/AuditEvent", &resource).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    // Another organisation's site is refused for a bound key, as on /v1/events.
+    let mut other = resource.clone();
+    other["source"]["site"] = json!("south-clinic");
+    let (code, body) = svc.post(&ingest, "/fhir/AuditEvent", &other).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["detail"].as_str().unwrap().starts_with("resource: "), "{body}");
+
+    let r = svc
+        .http
+        .post(svc.url("/fhir/AuditEvent"))
+        .bearer_auth(&ingest)
+        .header("content-type", "application/fhir+json")
+        .body(resource.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!((body["accepted"].clone(), body["rejected"].clone()), (json!(1), json!(0)), "{body}");
+    assert_eq!(body["items"][0]["at"], "resource", "{body}");
+    let event_id = body["items"][0]["event_id"].as_str().unwrap().to_string();
+    assert_eq!(json!(event_id), expected["event_id"], "{body}");
+
+    // Back as a FHIR Bundle, by parameter and by Accept header.
+    let by_param = svc.http.get(svc.url(&format!("/v1/events?event_id={event_id}&format=fhir"))).bearer_auth(&query);
+    let by_accept = svc
+        .http
+        .get(svc.url(&format!("/v1/events?event_id={event_id}")))
+        .bearer_auth(&query)
+        .header("accept", "application/fhir+json");
+    for req in [by_param, by_accept] {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "application/fhir+json");
+        let bundle: Value = r.json().await.unwrap();
+        assert_eq!((bundle["resourceType"].as_str(), bundle["type"].as_str()), (Some("Bundle"), Some("collection")));
+        let entries = bundle["entry"].as_array().unwrap();
+        assert_eq!(entries.len(), 1, "{bundle}");
+        let back = audit_fhir::from_audit_event(&entries[0]["resource"]).expect("our export maps back");
+        for f in [
+            "event_id",
+            "timestamp",
+            "action",
+            "status",
+            "principal_id",
+            "target_resource_type",
+            "target_resource_id",
+            "outcome_description",
+        ] {
+            assert_eq!(back[f], expected[f], "{f}: {bundle}");
+        }
+        assert_eq!(back["organization_id"], ORG, "bound to the key's organisation: {bundle}");
+    }
+    let (code, body) = svc.get(&query, "/v1/events?format=xml").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["detail"].as_str().unwrap().starts_with("format:"), "{body}");
+    let (code, body) = svc.get(&query, "/v1/events?format=fhir&nope=1").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("nope"), "{body}");
+
+    // NDJSON with a bad line: the bad one named, the good one stored.
+    let ndjson = format!("{}\n{{\"resourceType\":\"AuditEvent\"}}\n", hl7_audit_event());
+    let r = svc.http.post(svc.url("/fhir/AuditEvent")).bearer_auth(&ingest).body(ndjson).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::MULTI_STATUS);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!((body["accepted"].clone(), body["rejected"].clone()), (json!(1), json!(1)), "{body}");
+    assert_eq!(body["items"][1]["at"], "line 2", "{body}");
+    assert!(body["items"][1]["error"].as_str().unwrap().starts_with("line 2: AuditEvent"), "{body}");
+}

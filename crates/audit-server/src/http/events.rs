@@ -8,7 +8,7 @@ use audit_core::{CommitLsn, NewEvent, ValidationError};
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -361,14 +361,40 @@ pub(crate) async fn post_batch(
     Ok(r)
 }
 
+/// The FHIR JSON media type (`Accept` and `Content-Type`).
+pub(crate) const FHIR_JSON: &str = "application/fhir+json";
+/// Response header of a FHIR page: the cursor of the next page (`after=`), absent on the last.
+const NEXT_CURSOR_HEADER: &str = "x-audit-next-cursor";
+
+/// Splits `format` off a query string (it chooses the representation, not the events) and parses the rest as the
+/// filter, unknown parameters refused by name as before.
+fn split_format(query: Option<&str>) -> Result<(Option<String>, FilterParams), ApiError> {
+    let mut format = None;
+    let mut rest = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("format", v)) => format = Some(v.to_ascii_lowercase()),
+            None if pair == "format" => format = Some(String::new()),
+            _ => rest.push(pair),
+        }
+    }
+    let uri: axum::http::Uri = format!("/?{}", rest.join("&"))
+        .parse()
+        .map_err(|_| ApiError::bad_request("query: not a valid query string"))?;
+    let Query(params) = Query::<FilterParams>::try_from_uri(&uri).map_err(query_rejection)?;
+    Ok((format, params))
+}
+
 /// `GET /v1/events`: every filter of `audit-db query` under the same names (snake case), newest first, with a
 /// keyset cursor. A key sees only its organisation's events; an unknown parameter is refused, naming it.
 #[utoipa::path(get, path = "/v1/events", tag = "events", security(("bearer" = [])),
     params(FilterParams,
+        ("format" = Option<String>, Query, description = "json (default) or fhir: a FHIR R4 Bundle (type collection) of AuditEvents, as `audit-db export --format fhir`; `Accept: application/fhir+json` asks the same"),
         ("X-Audit-Min-LSN" = Option<String>, Header, description = "WAL position the answer must include"),
         ("X-Audit-Consistency" = Option<String>, Header, description = "strong, read-your-writes, eventual, bounded-staleness:<ms>")),
     responses(
-        (status = 200, description = "A page of events", body = super::openapi::EventPage),
+        (status = 200, description = "A page of events (FHIR: the page as a Bundle; the next page's cursor in X-Audit-Next-Cursor)",
+         content((super::openapi::EventPage = "application/json"), (Object = "application/fhir+json"))),
         (status = 400, description = "Unknown or bad parameter, named", body = super::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or unknown key", body = super::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Wrong scope or another organisation", body = super::Problem, content_type = "application/problem+json"),
@@ -378,15 +404,38 @@ pub(crate) async fn list_events(
     State(s): State<Arc<ServiceState>>,
     caller: Caller,
     headers: HeaderMap,
-    params: Result<Query<FilterParams>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Query)?;
-    let Query(mut params) = params.map_err(query_rejection)?;
+    let (format, mut params) = split_format(query.as_deref())?;
+    let fhir = match format.as_deref() {
+        Some("fhir") => true,
+        Some("json") => false,
+        Some(other) => return Err(ApiError::bad_request(format!("format: `{other}` is not json or fhir"))),
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.split(',').any(|m| m.trim().starts_with(FHIR_JSON))),
+    };
     params.org = caller.read_org("org", params.org.as_deref())?;
     let filter = params.to_filter(Utc::now(), ParamNames::Http)?;
     let consistency = consistency_of(&headers)?;
     let a = s.client.query_with(&filter, consistency).await?;
-    s.record_access(&caller, "GET /v1/events", params.to_json()).await?;
+    let mut recorded = params.to_json();
+    if fhir {
+        recorded["format"] = json!("fhir");
+    }
+    s.record_access(&caller, "GET /v1/events", recorded).await?;
+    if fhir {
+        let ctx = audit_fhir::ExportContext { service: "audit-db".into(), bundle_timestamp: Some(Utc::now()) };
+        let bundle = audit_fhir::bundle_collection(&a.page.events, &ctx);
+        let mut r = Json(bundle).into_response();
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        if let Some(c) = a.page.next_cursor.as_ref().and_then(|c| HeaderValue::from_str(&c.encode()).ok()) {
+            r.headers_mut().insert(NEXT_CURSOR_HEADER, c);
+        }
+        return Ok(r);
+    }
     Ok(Json(json!({
         "events": a.page.events.iter().map(|e| e.to_json()).collect::<Vec<_>>(),
         "next_cursor": a.page.next_cursor.as_ref().map(|c| c.encode()),
@@ -421,4 +470,92 @@ pub(crate) async fn get_event(
         .ok_or_else(|| ApiError::from(audit_core::AuditError::not_found(format!("event_id: no event {id}"))))?;
     s.record_access(&caller, "GET /v1/events/{event_id}", json!({"event_id": id})).await?;
     Ok(Json(event.to_json()).into_response())
+}
+
+/// `POST /fhir/AuditEvent`: FHIR R4 input — one AuditEvent, a Bundle of them (any type) or bulk NDJSON — mapped as
+/// `audit-db ingest --format fhir` maps it, bound to the key's organisation as `POST /v1/events`, and stored. One
+/// result per resource (`at`: `resource`, `Bundle.entry[3]`, `line 7`); a bad one is named by its FHIR path and the
+/// good ones beside it are stored. 201 when all were stored, 207 when some were rejected.
+#[utoipa::path(post, path = "/fhir/AuditEvent", tag = "fhir", security(("bearer" = [])),
+    request_body(content = Object, content_type = "application/fhir+json", description = "An AuditEvent, a Bundle of AuditEvents, or NDJSON (one AuditEvent per line)"),
+    responses(
+        (status = 201, description = "All stored (or already stored); per-resource results", body = Object),
+        (status = 207, description = "Some rejected (named), the others stored", body = Object),
+        (status = 400, description = "Body is not UTF-8 or holds no resource", body = super::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown key", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Wrong scope or organisation", body = super::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large; nothing stored", body = super::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = super::Problem, content_type = "application/problem+json"),
+    ))]
+pub(crate) async fn post_fhir_audit_event(
+    State(s): State<Arc<ServiceState>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Ingest)?;
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("body: not UTF-8"))?;
+    let mapped = crate::fhir::fhir_events(text);
+    if mapped.is_empty() {
+        return Err(ApiError::bad_request("body: no AuditEvent resource"));
+    }
+    // Each resource: its label and either the index of its event in the batch or why it was refused here.
+    let mut results: Vec<(String, Result<usize, String>)> = Vec::with_capacity(mapped.len());
+    let mut to_store = Vec::new();
+    for (at, m) in mapped {
+        match m {
+            Ok(mut event) => match bind_org(&caller, &mut event) {
+                Ok(()) => {
+                    results.push((at, Ok(to_store.len())));
+                    to_store.push(event);
+                }
+                Err(e) => return Err(super::auth::forbidden(format!("{at}: {e}"))),
+            },
+            Err(e) => {
+                let reason = format!("{at}: {e}");
+                results.push((at, Err(reason)));
+            }
+        }
+    }
+    let report: BatchReport =
+        if to_store.is_empty() { BatchReport::default() } else { s.client.insert_batch(to_store).await? };
+    let (mut accepted, mut duplicates, mut rejected) = (0u64, 0u64, 0u64);
+    let items: Vec<Value> = results
+        .into_iter()
+        .map(|(at, r)| {
+            let mut v = match r {
+                Ok(i) => match report.items.get(i) {
+                    Some(item) => {
+                        match item {
+                            BatchItem::Ok(Ack::Stored { .. }) => accepted += 1,
+                            BatchItem::Ok(Ack::Duplicate { .. }) => duplicates += 1,
+                            BatchItem::Rejected(_) => rejected += 1,
+                        }
+                        let mut v = item_json(i, item);
+                        if let Some(o) = v.as_object_mut() {
+                            o.remove("index");
+                            if let Some(e) = o.get("error").and_then(Value::as_str) {
+                                let e = format!("{at}: {e}");
+                                o.insert("error".into(), json!(e));
+                            }
+                        }
+                        v
+                    }
+                    None => {
+                        rejected += 1;
+                        json!({"result": "rejected", "error": format!("{at}: no result from the store")})
+                    }
+                },
+                Err(reason) => {
+                    rejected += 1;
+                    json!({"result": "rejected", "error": reason})
+                }
+            };
+            v["at"] = json!(at);
+            v
+        })
+        .collect();
+    let code = if rejected > 0 { StatusCode::MULTI_STATUS } else { StatusCode::CREATED };
+    let body = json!({"accepted": accepted, "duplicates": duplicates, "rejected": rejected,
+                      "commit_lsn": report.commit_lsn, "items": items});
+    Ok(with_lsn((code, Json(body)).into_response(), report.commit_lsn))
 }

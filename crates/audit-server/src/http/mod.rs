@@ -188,6 +188,7 @@ pub fn router(state: Arc<ServiceState>) -> Router {
         .route("/v1/checkpoints/{org}", get(integrity::get_checkpoint))
         .route("/v1/verify", post(integrity::post_verify))
         .route("/v1/subjects/{subject}/erase", post(subjects::post_erase))
+        .route("/fhir/AuditEvent", post(events::post_fhir_audit_event))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(render_metrics))

@@ -267,12 +267,12 @@ impl Modify for Security {
     paths(
         super::events::post_events, super::events::post_batch, super::events::list_events, super::events::get_event,
         super::integrity::get_proof, super::integrity::get_checkpoint, super::integrity::post_verify,
-        super::subjects::post_erase,
+        super::subjects::post_erase, super::events::post_fhir_audit_event,
         super::health, super::ready, super::render_metrics, serve_openapi,
     ),
     components(schemas(super::Problem)),
     modifiers(&Security),
-    tags((name = "events"), (name = "integrity"), (name = "privacy"), (name = "probes"))
+    tags((name = "events"), (name = "integrity"), (name = "privacy"), (name = "fhir"), (name = "probes"))
 )]
 struct ApiDoc;
 
