@@ -155,6 +155,16 @@ async fn an_admin_key_erases_a_subject_through_the_api_and_reads_show_erased() {
         let (code, body) = svc.post(k, &path, &json!({})).await;
         assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
     }
+    // A legal hold on the organisation refuses the erasure (409, the hold named) and changes nothing.
+    let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let hold = cli::json_of(&db.url, &vars, &["partitions", "hold", "place", "--org", ORG, "--reason", "case 17"]);
+    let (code, refused) = svc.post(&admin, &path, &json!({})).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["status"], "refused_legal_hold", "{refused}");
+    assert_eq!(refused["legal_holds"][0]["id"], hold["hold_id"], "{refused}");
+    let hold_id = hold["hold_id"].to_string();
+    cli::json_of(&db.url, &vars, &["partitions", "hold", "release", &hold_id]);
+
     let (code, dry) = svc.post(&admin, &format!("{path}?dry_run=true"), &json!({})).await;
     assert_eq!(code, StatusCode::OK, "{dry}");
     assert_eq!(dry["status"], "dry_run", "{dry}");
