@@ -209,7 +209,7 @@ fn hl7_audit_event() -> Value {
 async fn fhir_audit_events_go_in_and_come_back_as_a_bundle_with_the_same_mapping() {
     let db = TestDb::create("http_comp_fhir").await;
     cli::ok(&cli::run(&db.url, &[], &["migrate"]), "migrate");
-    let svc = Service::start(&db, &[]).await;
+    let svc = Service::start(&db, &[("AUDIT_DB_API_BODY_LIMIT".into(), "65536".into())]).await;
     let (ingest, query) = (key_of(&db, ORG, "ingest"), key_of(&db, ORG, "query"));
     let resource = hl7_audit_event();
     let expected = audit_fhir::from_audit_event(&resource).expect("the example maps");
@@ -287,4 +287,13 @@ async fn fhir_audit_events_go_in_and_come_back_as_a_bundle_with_the_same_mapping
     assert_eq!((body["accepted"].clone(), body["rejected"].clone()), (json!(1), json!(1)), "{body}");
     assert_eq!(body["items"][1]["at"], "line 2", "{body}");
     assert!(body["items"][1]["error"].as_str().unwrap().starts_with("line 2: AuditEvent"), "{body}");
+
+    // Over the body limit: 413 as a problem, nothing stored.
+    let big = format!("{}\n", hl7_audit_event()).repeat(40);
+    assert!(big.len() > 65536);
+    let r = svc.http.post(svc.url("/fhir/AuditEvent")).bearer_auth(&ingest).body(big).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let (_, page) = svc.get(&query, "/v1/events?action=rest.vread").await;
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(2), "{page}");
 }

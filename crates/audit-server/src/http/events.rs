@@ -7,7 +7,7 @@ use audit_client::{Ack, BatchItem, BatchReport};
 use audit_core::{CommitLsn, NewEvent, ValidationError};
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +32,19 @@ pub(crate) fn json_rejection(e: JsonRejection) -> ApiError {
             "payload-too-large",
             "Request body too large",
             e.body_text(),
+        );
+    }
+    ApiError::bad_request(format!("body: {}", e.body_text()))
+}
+
+/// A refused raw body, keeping 413 for an oversized one (as a problem, like every other error).
+pub(crate) fn bytes_rejection(e: BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Request body too large",
+            format!("body: {}", e.body_text()),
         );
     }
     ApiError::bad_request(format!("body: {}", e.body_text()))
@@ -490,9 +503,10 @@ pub(crate) async fn get_event(
 pub(crate) async fn post_fhir_audit_event(
     State(s): State<Arc<ServiceState>>,
     caller: Caller,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Ingest)?;
+    let body = body.map_err(bytes_rejection)?;
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("body: not UTF-8"))?;
     let mapped = crate::fhir::fhir_events(text);
     if mapped.is_empty() {

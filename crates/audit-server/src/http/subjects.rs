@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::events::{path_rejection, query_rejection};
+use super::events::{bytes_rejection, path_rejection, query_rejection};
 use super::{ApiError, Caller, ServiceState};
 use crate::api_keys::Scope;
 use crate::privacy::{ErasureStatus, erase_subject};
@@ -46,9 +46,10 @@ pub(crate) async fn post_erase(
     caller: Caller,
     subject: Result<Path<String>, PathRejection>,
     params: Result<Query<EraseParams>, QueryRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Admin)?;
+    let body = body.map_err(bytes_rejection)?;
     let Path(subject) = subject.map_err(path_rejection)?;
     let Query(params) = params.map_err(query_rejection)?;
     let from_body: EraseParams = if body.iter().all(u8::is_ascii_whitespace) {
