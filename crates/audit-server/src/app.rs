@@ -236,6 +236,20 @@ impl App {
         ))))
     }
 
+    /// Which database this is, across processes and hosts: `<system identifier>.<database oid>`.
+    async fn database_identity(&self) -> anyhow::Result<String> {
+        let c = self.connector.connect().await?;
+        let row = c
+            .query_one(
+                "SELECT (SELECT system_identifier FROM pg_control_system())::text || '.' || \
+                 (SELECT oid FROM pg_database WHERE datname = current_database())::text",
+                &[],
+            )
+            .await
+            .context("reading the database identity (cache key namespace)")?;
+        Ok(row.get(0))
+    }
+
     /// A connected client with the configured personal-data policy installed (fails fast, naming host and port,
     /// when the database is down).
     pub async fn client(&self) -> anyhow::Result<Client> {
@@ -248,7 +262,14 @@ impl App {
         // Redis: a breaker and no retry — a slow cache must cost little; the database answers instead.
         let redis_policy = Policy::from_config(&self.config.circuit_breaker, &self.registry, "redis")
             .with_retry(RetrySchedule::none());
-        let cache = TieredCache::with_policy(&self.config.cache, audit_cache::CacheOptions::default(), redis_policy)?;
+        // Two deployments on different databases may share one Redis: their answers must never meet, so the
+        // Redis keys carry the database's identity (cluster system identifier + database oid; a streaming replica
+        // has its primary's, so primary and replicas share entries and generations).
+        let mut cache_config = self.config.cache.clone();
+        if cache_config.redis_url.is_some() {
+            cache_config.key_prefix = format!("{}{}:", cache_config.key_prefix, self.database_identity().await?);
+        }
+        let cache = TieredCache::with_policy(&cache_config, audit_cache::CacheOptions::default(), redis_policy)?;
         let client = AuditClient::connect_with_router(
             self.client_config(),
             &self.url,

@@ -138,6 +138,16 @@ async fn processes_share_answers_through_redis_and_never_serve_a_stale_one() {
     assert_eq!(rows.len(), 13, "the new event is included, not a stale answer: {}", stderr(&third));
     assert_eq!(rows[0], new["event_id"].as_str().unwrap(), "newest first");
     assert_eq!(&rows[1..], &event_ids(&first)[..], "the earlier rows follow in the same order");
+
+    // A second deployment: another database behind the same Redis and the same key prefix. It must never be
+    // answered from this database's cached pages (regression: the keys did not say which database they came from).
+    let db2 = TestDb::create("cli_cache_other").await;
+    let m = audit_db(&db2, &config, &redis, &["migrate"]);
+    assert!(m.status.success(), "{}", stderr(&m));
+    let elsewhere = audit_db(&db2, &config, &redis, &query);
+    assert!(elsewhere.status.success(), "{}", stderr(&elsewhere));
+    assert!(event_ids(&elsewhere).is_empty(), "another database's answer leaked through Redis: {}", stdout(&elsewhere));
+    assert_eq!(tier(&elsewhere), "db", "an empty database answers itself");
     assert_eq!(tier(&third), "db", "the write invalidated the cached answer");
     let fourth = audit_db(&db, &config, &redis, &query);
     assert_eq!(tier(&fourth), "l2");

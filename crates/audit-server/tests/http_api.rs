@@ -331,11 +331,16 @@ async fn oversized_bodies_get_413_and_bad_batch_lines_are_named_while_the_others
     let key = key_of(&db, "org_a", "ingest,query");
     let big: Vec<Value> = (0..40).map(|i| event("org_a", &format!("bulk_{i}"))).collect();
     assert!(serde_json::to_vec(&big).unwrap().len() > 4096);
-    let r = svc.http.post(svc.url("/v1/events")).bearer_auth(&key).json(&big).send().await.unwrap();
+    // `Connection: close` on the refused requests: the server may answer before reading the whole body and close
+    // the connection, which the client must not reuse for the next request.
+    let close = (reqwest::header::CONNECTION, "close");
+    let r = svc.http.post(svc.url("/v1/events")).bearer_auth(&key).header(close.0.clone(), close.1).json(&big);
+    let r = r.send().await.unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     let lines: String = big.iter().map(|e| format!("{e}\n")).collect();
-    let r = svc.http.post(svc.url("/v1/events:batch")).bearer_auth(&key).body(lines).send().await.unwrap();
+    let r = svc.http.post(svc.url("/v1/events:batch")).bearer_auth(&key).header(close.0, close.1).body(lines);
+    let r = r.send().await.unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let (_, page) = svc.get(&key, "/v1/events").await;
     assert!(page["events"].as_array().unwrap().is_empty(), "nothing stored: {page}");

@@ -291,7 +291,17 @@ async fn fhir_audit_events_go_in_and_come_back_as_a_bundle_with_the_same_mapping
     // Over the body limit: 413 as a problem, nothing stored.
     let big = format!("{}\n", hl7_audit_event()).repeat(40);
     assert!(big.len() > 65536);
-    let r = svc.http.post(svc.url("/fhir/AuditEvent")).bearer_auth(&ingest).body(big).send().await.unwrap();
+    // The server answers before reading the rest of the body and closes that connection; `Connection: close`
+    // keeps the client from reusing it for the next request (a race between its pool and the server's FIN).
+    let r = svc
+        .http
+        .post(svc.url("/fhir/AuditEvent"))
+        .bearer_auth(&ingest)
+        .header(reqwest::header::CONNECTION, "close")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     let (_, page) = svc.get(&query, "/v1/events?action=rest.vread").await;
