@@ -507,7 +507,7 @@ pub(crate) async fn run(bin: PathBuf, p: &SoakParams) -> anyhow::Result<Value> {
     let errors = total(|m| &m.errors);
     let first_error = minutes.iter().find_map(|m| m.first_error.clone());
     let p99_of = |m: Option<&Minute>| {
-        m.and_then(|m| m.latency_ms.get("batch")).map(|v| crate::bench::measure::percentile(v, 0.99))
+        m.and_then(|m| m.latency_ms.get("batch")).map(|v| crate::bench::measure::percentile(v, 99.0))
     };
     let clean = problems.is_empty() && verify.is_ok() && errors == 0 && maintenance_errors.is_empty();
     Ok(json!({
@@ -557,8 +557,8 @@ fn minute_json(n: usize, m: &Minute) -> Value {
             kind.to_string(),
             json!({
                 "ok": m.ok.get(kind).copied().unwrap_or(0),
-                "p50_ms": (!lat.is_empty()).then(|| crate::bench::measure::percentile(&lat, 0.50)),
-                "p99_ms": (!lat.is_empty()).then(|| crate::bench::measure::percentile(&lat, 0.99)),
+                "p50_ms": (!lat.is_empty()).then(|| crate::bench::measure::percentile(&lat, 50.0)),
+                "p99_ms": (!lat.is_empty()).then(|| crate::bench::measure::percentile(&lat, 99.0)),
                 "errors": m.errors.get(kind).copied().unwrap_or(0),
                 "throttled_429": m.throttled.get(kind).copied().unwrap_or(0),
             }),
