@@ -33,6 +33,9 @@ pub(crate) struct SoakArgs {
     /// Use the release build of audit-db (default: the debug build, as `cargo xtask chaos` uses).
     #[arg(long)]
     release: bool,
+    /// Leave out `GET /v1/proofs/{id}` (to tell whether memory growth comes from the proof path).
+    #[arg(long)]
+    no_proofs: bool,
 }
 
 /// The request kinds of the mixed load.
@@ -263,6 +266,8 @@ pub(crate) struct SoakParams {
     pub checkpoint_every: Duration,
     /// `partitions maintain` every.
     pub maintain_every: Duration,
+    /// Whether proofs are requested.
+    pub proofs: bool,
 }
 
 /// Sends `req`; (status, body, milliseconds). A transport error is status 0.
@@ -412,6 +417,7 @@ pub(crate) async fn run(bin: PathBuf, p: &SoakParams) -> anyhow::Result<Value> {
     }
     // Proofs of events acknowledged before the last checkpoint began, 5 per second.
     {
+        let with_proofs = p.proofs;
         let (http, base, rec, acked, provable, orgs) =
             (http.clone(), base.clone(), rec.clone(), acked.clone(), provable.clone(), setup.orgs.clone());
         tasks.spawn(async move {
@@ -420,7 +426,7 @@ pub(crate) async fn run(bin: PathBuf, p: &SoakParams) -> anyhow::Result<Value> {
             while Instant::now() < deadline {
                 tick.tick().await;
                 let n = provable.load(std::sync::atomic::Ordering::Relaxed);
-                if n == 0 {
+                if n == 0 || !with_proofs {
                     continue;
                 }
                 let pick = {
@@ -585,6 +591,7 @@ pub(crate) fn soak(args: &SoakArgs) -> anyhow::Result<ExitCode> {
         rate: args.rate,
         checkpoint_every: Duration::from_secs(30),
         maintain_every: Duration::from_secs(120),
+        proofs: !args.no_proofs,
     };
     let summary = rt.block_on(run(bin, &params))?;
     println!("{}", serde_json::to_string_pretty(&summary)?);

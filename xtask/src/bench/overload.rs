@@ -165,6 +165,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Measure>> {
         rate: 1_000,
         checkpoint_every: Duration::from_secs(30),
         maintain_every: Duration::from_secs(60),
+        proofs: true,
     };
     let summary = crate::soak::run(bin, &params).await?;
     if summary["clean"] != true {
