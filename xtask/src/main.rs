@@ -10,6 +10,8 @@
 //!   (needs Debian's `patroni` and `etcd-server`; see `docs/replicas.md`).
 //! * `cargo xtask chaos --trials N --seconds S [--seed X]` — crash tests with acknowledged-event accounting, fault
 //!   kinds and timings from a printed, replayable seed; `cargo xtask fuzz --cases N` — the fuzz properties, longer.
+//! * `cargo xtask soak --minutes M [--rate R]` — `audit-db serve` under a mixed HTTP load: latency per minute, errors,
+//!   RSS growth after warm-up, and the acknowledged-event accounting at the end.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 mod bench;
 mod ha;
 mod reliability;
+mod soak;
 
 /// Developer tasks of audit-db.
 #[derive(Debug, Parser)]
@@ -49,6 +52,8 @@ enum Command {
     Chaos(reliability::ChaosArgs),
     /// Every fuzz property of the input surfaces with `--cases N` cases each.
     Fuzz(reliability::FuzzArgs),
+    /// `audit-db serve` under a mixed HTTP load for M minutes: latency per minute, errors, RSS growth, accounting.
+    Soak(soak::SoakArgs),
     /// Write the service's OpenAPI 3.1 document to docs/openapi.json (a test fails when it is stale).
     Openapi,
     /// Internal: fill an L1 cache in a fresh process and print its resident-memory growth as JSON.
@@ -83,6 +88,7 @@ fn main() -> ExitCode {
         Command::BenchRun(args) => multi_thread().and_then(|rt| rt.block_on(bench::run(args))),
         Command::Chaos(args) => reliability::chaos(&args),
         Command::Fuzz(args) => reliability::fuzz(&args),
+        Command::Soak(args) => soak::soak(&args),
         Command::Openapi => write_openapi(),
         Command::HaTest => multi_thread().and_then(|rt| rt.block_on(ha::run())),
         Command::Migrate { database_url } => multi_thread().and_then(|rt| rt.block_on(migrate(database_url))),
@@ -96,7 +102,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn multi_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn multi_thread() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")
 }
 

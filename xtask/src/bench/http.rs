@@ -96,8 +96,8 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Measure>> {
             samples.push(ms);
         }
     }
-    let p50 = percentile(&samples, 0.50);
-    let p99 = percentile(&samples, 0.99);
+    let p50 = percentile(&samples, 50.0);
+    let p99 = percentile(&samples, 99.0);
     progress(format!("GET /v1/events p50 {p50:.3} ms, p99 {p99:.3} ms over {iters} requests"));
     let query = Measure::new("http_query_p50_ms", p50, "ms", p50, f64::NAN, Some(Target::at_most(2.0)))
         .note("GET /v1/events?org=O&limit=50 with an admin key, organisations in turn, cache on, reads not audited")

@@ -35,7 +35,7 @@ async fn run_workload(c: &tokio_postgres::Client, pairs: &[(String, String)], it
         c.query(&stmt, &[p, a]).await?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(percentile(&ms, 0.5))
+    Ok(percentile(&ms, 50.0))
 }
 
 /// Writers inserting one row per transaction; the longest single insert of each window is kept.

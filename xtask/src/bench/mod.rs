@@ -11,6 +11,7 @@ pub(crate) mod index;
 pub(crate) mod ingest;
 pub(crate) mod integrity;
 pub(crate) mod measure;
+pub(crate) mod overload;
 pub(crate) mod privacy;
 pub(crate) mod query;
 pub(crate) mod replica;
@@ -107,6 +108,8 @@ pub(crate) struct Sizes {
     pub mix_ops: usize,
     /// Rows of the month retention drops.
     pub retention_rows: usize,
+    /// Minutes of the overload group's soak.
+    pub soak_minutes: u64,
 }
 
 impl Sizes {
@@ -120,6 +123,7 @@ impl Sizes {
                 query_iters: 250,
                 mix_ops: 4_000,
                 retention_rows: 200_000,
+                soak_minutes: 2,
             }
         } else {
             Self {
@@ -130,6 +134,7 @@ impl Sizes {
                 query_iters: 1_000,
                 mix_ops: 20_000,
                 retention_rows: 1_000_000,
+                soak_minutes: 10,
             }
         };
         if let Some(r) = rows {
@@ -143,8 +148,8 @@ impl Sizes {
 }
 
 /// The experiment groups, in run order.
-pub(crate) const GROUPS: [&str; 9] =
-    ["cache", "ingest", "privacy", "query", "integrity", "retention", "replica", "http", "index"];
+pub(crate) const GROUPS: [&str; 10] =
+    ["cache", "ingest", "privacy", "query", "integrity", "retention", "replica", "http", "index", "overload"];
 
 /// Group of each measure name this harness emits with a target.
 pub(crate) const MEASURE_GROUPS: &[(&str, &str)] = &[
@@ -173,6 +178,9 @@ pub(crate) const MEASURE_GROUPS: &[(&str, &str)] = &[
     ("index_recommend_query_speedup", "index"),
     ("http_ingest_ratio_vs_library", "http"),
     ("http_query_p50_ms", "http"),
+    ("overload_rss_ratio", "overload"),
+    ("overload_other_5xx", "overload"),
+    ("soak_rss_growth_pct", "overload"),
 ];
 
 /// Resolves `--only` to a set of groups; unknown names are an error naming the valid ones.
@@ -345,6 +353,7 @@ async fn run_groups(ctx: &Ctx, groups: &[&str], measures: &mut Vec<Measure>) -> 
             "replica" => measures.extend(replica::run(ctx).await?),
             "index" => measures.extend(index::run(ctx).await?),
             "http" => measures.extend(http::run(ctx).await?),
+            "overload" => measures.extend(overload::run(ctx).await?),
             other => bail!("unknown group {other}"),
         }
     }
