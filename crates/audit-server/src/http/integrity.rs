@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::events::{path_rejection, query_rejection};
+use super::events::{path_rejection, query_rejection, visible_event};
 use super::{ApiError, Caller, ServiceState};
 use crate::api_keys::Scope;
 
@@ -48,10 +48,7 @@ pub(crate) async fn get_proof(
     let Path(id) = id.map_err(path_rejection)?;
     let v = verifier(&s)?;
     // Visibility first, on the primary: a proof of another organisation's event must not even confirm it exists.
-    let event = s.client.get_with(id, audit_core::Consistency::Strong).await?;
-    if !event.is_some_and(|e| caller.may_see(e.event.organization_id.as_deref())) {
-        return Err(AuditError::not_found(format!("event_id: no event {id}")).into());
-    }
+    visible_event(&s, &caller, id, audit_core::Consistency::Strong).await?;
     let proof = s.integrity.inclusion_proof(v, id).await?;
     s.record_access(&caller, "GET /v1/proofs/{event_id}", json!({"event_id": id})).await?;
     Ok(Json(proof).into_response())
