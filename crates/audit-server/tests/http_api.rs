@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use audit_testkit::{TestDb, redis_url, wait_for};
+use audit_testkit::TestDb;
 use chrono::{SecondsFormat, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -11,65 +11,9 @@ use uuid::Uuid;
 
 #[path = "support/cli.rs"]
 mod cli;
-
-/// A running `audit-db serve`.
-struct Service {
-    base: String,
-    http: reqwest::Client,
-    child: tokio::process::Child,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Service {
-    /// Starts the service on `db` with extra environment and waits until `/ready` answers 200.
-    async fn start(db: &TestDb, env: &[(&str, &str)]) -> Service {
-        Self::start_at(&db.url, env).await
-    }
-
-    /// [`Service::start`] against the database at `url`.
-    async fn start_at(url: &str, env: &[(&str, &str)]) -> Service {
-        let port = free_port();
-        let mut c = cli::async_command(&["serve"]);
-        c.env("DATABASE_URL", url)
-            .env("REDIS_URL", redis_url())
-            .env("AUDIT_DB_LISTEN", format!("127.0.0.1:{port}"))
-            .env("LOG_LEVEL", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit());
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let child = c.spawn().expect("audit-db serve starts");
-        let s = Service { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new(), child };
-        let url = format!("{}/ready", s.base);
-        let http = s.http.clone();
-        wait_for("the service to be ready", Duration::from_secs(30), || {
-            let (http, url) = (http.clone(), url.clone());
-            async move { http.get(&url).send().await.is_ok_and(|r| r.status() == StatusCode::OK) }
-        })
-        .await;
-        s
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn get(&self, key: &str, path: &str) -> (StatusCode, Value) {
-        let r = self.http.get(self.url(path)).bearer_auth(key).send().await.unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn post(&self, key: &str, path: &str, body: &Value) -> (StatusCode, Value) {
-        let r = self.http.post(self.url(path)).bearer_auth(key).json(body).send().await.unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-}
+#[path = "support/service.rs"]
+mod service;
+use service::{Service, free_port};
 
 /// `audit-db api-keys create … --format json`.
 fn create_key(db: &TestDb, org: &str, scopes: &str) -> Value {
@@ -373,7 +317,7 @@ async fn oversized_bodies_get_413_and_bad_batch_lines_are_named_while_the_others
 #[tokio::test]
 async fn every_read_is_recorded_in_the_readers_organisation_and_probes_answer() {
     let db = migrated("http_access").await;
-    let svc = Service::start(&db, &[]).await;
+    let svc = Service::start::<&str, &str>(&db, &[]).await;
     let created = create_key(&db, "org_a", "ingest,query");
     let key = created["key"].as_str().unwrap();
     let (code, _) = svc.post(key, "/v1/events", &event("org_a", "read_chart")).await;

@@ -3,9 +3,8 @@
 //! (crypto-shredding) and the service reads its values as `[erased]` at once; FHIR AuditEvents go in and out.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use audit_testkit::{TestDb, redis_url, sql, wait_for};
+use audit_testkit::{TestDb, sql};
 use chrono::{SecondsFormat, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -13,66 +12,15 @@ use uuid::Uuid;
 
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/service.rs"]
+mod service;
+use service::Service;
 
 const ORG: &str = "north-clinic";
 /// A data subject: a principal id only ever written in `principal_id` and used as a filter.
 const ALICE: &str = "nurse-alicia-7781";
 /// A subject that stays.
 const BOB: &str = "nurse-boris-5512";
-
-/// A running `audit-db serve`.
-struct Service {
-    base: String,
-    http: reqwest::Client,
-    _child: tokio::process::Child,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Service {
-    async fn start(db: &TestDb, env: &[(String, String)]) -> Service {
-        let port = free_port();
-        let mut c = cli::async_command(&["serve"]);
-        c.env("DATABASE_URL", &db.url)
-            .env("REDIS_URL", redis_url())
-            .env("AUDIT_DB_LISTEN", format!("127.0.0.1:{port}"))
-            .env("LOG_LEVEL", "warn")
-            .kill_on_drop(true)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit());
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let child = c.spawn().expect("audit-db serve starts");
-        let s = Service { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new(), _child: child };
-        let url = format!("{}/ready", s.base);
-        let http = s.http.clone();
-        wait_for("the service to be ready", Duration::from_secs(30), || {
-            let (http, url) = (http.clone(), url.clone());
-            async move { http.get(&url).send().await.is_ok_and(|r| r.status() == StatusCode::OK) }
-        })
-        .await;
-        s
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn get(&self, key: &str, path: &str) -> (StatusCode, Value) {
-        let r = self.http.get(self.url(path)).bearer_auth(key).send().await.unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn post(&self, key: &str, path: &str, body: &Value) -> (StatusCode, Value) {
-        let r = self.http.post(self.url(path)).bearer_auth(key).json(body).send().await.unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-}
 
 fn key_of(db: &TestDb, org: &str, scopes: &str) -> String {
     let v = cli::json_of(
@@ -209,7 +157,7 @@ fn hl7_audit_event() -> Value {
 async fn fhir_audit_events_go_in_and_come_back_as_a_bundle_with_the_same_mapping() {
     let db = TestDb::create("http_comp_fhir").await;
     cli::ok(&cli::run(&db.url, &[], &["migrate"]), "migrate");
-    let svc = Service::start(&db, &[("AUDIT_DB_API_BODY_LIMIT".into(), "65536".into())]).await;
+    let svc = Service::start(&db, &[("AUDIT_DB_API_BODY_LIMIT", "65536")]).await;
     let (ingest, query) = (key_of(&db, ORG, "ingest"), key_of(&db, ORG, "query"));
     let resource = hl7_audit_event();
     let expected = audit_fhir::from_audit_event(&resource).expect("the example maps");
