@@ -308,4 +308,42 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(super::document()).unwrap();
         assert_eq!(v["openapi"], "3.1.0");
     }
+
+    /// The schema types mirror library types that cannot derive `ToSchema` (audit-core has no utoipa): this
+    /// keeps the mirror honest. A field added to the validator or to the stored JSON form without its schema
+    /// property (or the reverse) fails here.
+    #[test]
+    fn schema_mirrors_match_the_library_field_lists() {
+        let v: serde_json::Value = serde_json::from_str(super::document()).unwrap();
+        let props = |name: &str| -> Vec<String> {
+            let schema = &v["components"]["schemas"][name];
+            let mut keys: Vec<String> = schema["properties"]
+                .as_object()
+                .unwrap_or_else(|| panic!("schema {name} has properties"))
+                .keys()
+                .cloned()
+                .collect();
+            keys.sort();
+            keys
+        };
+        let sorted = |fields: &[&str]| -> Vec<String> {
+            let mut f: Vec<String> = fields.iter().map(|s| s.to_string()).collect();
+            f.sort();
+            f
+        };
+        assert_eq!(props("EventInput"), sorted(audit_core::validate::FIELDS), "EventInput vs validate::FIELDS");
+        assert_eq!(
+            props("StoredEventDoc"),
+            sorted(&audit_core::event::STORED_FIELDS),
+            "StoredEventDoc vs STORED_FIELDS"
+        );
+        let mut required: Vec<String> = v["components"]["schemas"]["EventInput"]["required"]
+            .as_array()
+            .expect("EventInput lists required fields")
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect();
+        required.sort();
+        assert_eq!(required, sorted(&["action", "status", "timestamp"]));
+    }
 }
