@@ -172,12 +172,31 @@ pub trait KeyManager: Send + Sync + 'static {
     /// Encrypts a subject key; `context` is bound to the result (it must be given again to unwrap).
     fn wrap<'a>(&'a self, key: &'a [u8], context: &'a [u8]) -> PrivacyFuture<'a, AuditResult<Vec<u8>>>;
 
+    /// Wraps many `(key, context)` pairs, in order: the write path creates a batch's new subject keys at once, and a
+    /// KMS would take them in one request. The default wraps one by one.
+    fn wrap_many<'a>(&'a self, items: &'a [(&'a [u8], &'a [u8])]) -> PrivacyFuture<'a, AuditResult<Vec<Vec<u8>>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(items.len());
+            for (key, context) in items {
+                out.push(self.wrap(key, context).await?);
+            }
+            Ok(out)
+        })
+    }
+
     /// Decrypts a wrapped subject key; fails with an integrity error if it or `context` was altered.
     fn unwrap<'a>(&'a self, wrapped: &'a [u8], context: &'a [u8]) -> PrivacyFuture<'a, AuditResult<Vec<u8>>>;
 
     /// A keyed hash of a subject's identifier (HMAC-SHA256 under a key derived from the master key): the lookup
     /// column of the subject-key table, so that table holds no identifier in clear.
     fn subject_index(&self, subject: &str) -> AuditResult<[u8; 32]>;
+
+    /// The HMAC key behind [`Self::subject_index`], so that it can be stored wrapped and outlive this master key:
+    /// a master-key rotation must not change any subject's index. `None` when it cannot leave the key manager
+    /// (then the master key cannot be rotated by re-wrapping).
+    fn subject_index_secret(&self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// Rejects a personal-field list that names a field twice or an unknown one (for configuration checks).

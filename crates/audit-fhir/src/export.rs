@@ -10,8 +10,8 @@ use serde_json::Value;
 use crate::action::coding_for;
 use crate::codes::{self, cs, ext};
 use crate::model::{
-    Agent, AuditEvent, Bundle, BundleEntry, CodeableConcept, Coding, Detail, Duration, Entity, Extension, FhirString,
-    Identifier, Meta, Reference, Source,
+    Agent, AuditEvent, Bundle, BundleEntry, BundleLink, CodeableConcept, Coding, Detail, Duration, Entity, Extension,
+    FhirString, Identifier, Meta, Reference, Source,
 };
 
 /// What an export needs besides the events: who is reporting them.
@@ -233,19 +233,30 @@ fn entry(stored: &StoredEvent, ctx: &ExportContext) -> BundleEntry {
     BundleEntry { full_url: format!("urn:uuid:{}", stored.event.event_id), resource: to_audit_event_model(stored, ctx) }
 }
 
-fn bundle_header(ctx: &ExportContext, entry: Vec<BundleEntry>) -> Bundle {
+fn bundle_header(ctx: &ExportContext, link: Vec<BundleLink>, entry: Vec<BundleEntry>) -> Bundle {
     Bundle {
         resource_type: "Bundle".into(),
         type_: "collection".into(),
         timestamp: ctx.bundle_timestamp.map(format_timestamp),
+        link,
         entry,
     }
 }
 
 /// A Bundle of type `collection` holding one AuditEvent per event, in the given order.
 pub fn bundle_collection<'a>(events: impl IntoIterator<Item = &'a StoredEvent>, ctx: &ExportContext) -> Value {
+    bundle_page(events, ctx, Vec::new())
+}
+
+/// [`bundle_collection`] with paging links (`Bundle.link`: `self`, and `next` unless this is the last page): one
+/// page of an API answer, walked by following `next`.
+pub fn bundle_page<'a>(
+    events: impl IntoIterator<Item = &'a StoredEvent>,
+    ctx: &ExportContext,
+    links: Vec<BundleLink>,
+) -> Value {
     let entries = events.into_iter().map(|e| entry(e, ctx)).collect();
-    serde_json::to_value(bundle_header(ctx, entries)).expect("the model serialises")
+    serde_json::to_value(bundle_header(ctx, links, entries)).expect("the model serialises")
 }
 
 /// Writes a collection Bundle entry by entry, so that an export of millions of events never holds them all:
@@ -262,7 +273,7 @@ impl<W: Write> BundleWriter<W> {
     /// Writes the Bundle's opening.
     pub fn new(mut out: W, ctx: &ExportContext) -> io::Result<Self> {
         // The header is serialised by serde; only the still-open `entry` array is framed by hand.
-        let header = serde_json::to_string(&bundle_header(ctx, Vec::new()))?;
+        let header = serde_json::to_string(&bundle_header(ctx, Vec::new(), Vec::new()))?;
         let open = header.strip_suffix("\"entry\":[]}").expect("entry is the header's last field");
         out.write_all(open.as_bytes())?;
         out.write_all(b"\"entry\":[")?;

@@ -22,8 +22,11 @@ mod ingest;
 pub mod model;
 
 pub use action::{ActionCode, EventCoding, action_for, coding_for, guess_action_code};
-pub use export::{BundleWriter, ExportContext, bundle_collection, to_audit_event, to_audit_event_model, write_ndjson};
+pub use export::{
+    BundleWriter, ExportContext, bundle_collection, bundle_page, to_audit_event, to_audit_event_model, write_ndjson,
+};
 pub use ingest::{ProofReference, from_audit_event, from_fhir, proof_reference};
+pub use model::BundleLink;
 
 /// A FHIR resource that cannot be mapped to an audit-db event: which element (FHIR path) and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

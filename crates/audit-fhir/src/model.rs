@@ -300,6 +300,15 @@ pub struct AuditEvent {
     pub entity: Vec<Entity>,
 }
 
+/// `Bundle.link`: a related URL of this Bundle (`self`: this page; `next`: the following page).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleLink {
+    /// `self`, `next` (FHIR's IANA link relations).
+    pub relation: String,
+    /// The page's URL (an absolute-path reference: resolve it against the server that answered).
+    pub url: String,
+}
+
 /// One entry of a Bundle.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -322,6 +331,9 @@ pub struct Bundle {
     /// When the bundle was assembled, if the caller says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<String>,
+    /// Paging links of an API page (`self`, `next`), as FHIR search paging gives them; none in a file export.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link: Vec<BundleLink>,
     /// The AuditEvents.
     #[serde(default)]
     pub entry: Vec<BundleEntry>,

@@ -11,6 +11,8 @@
 //!   the equality token is meant to reveal, and only while the subject key exists.
 //! - The key id is random (not derived from the subject), so after erasure nothing in a row points to who it was.
 
+use std::sync::LazyLock;
+
 use base64::Engine as _;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hkdf;
@@ -28,13 +30,25 @@ const TAG_LEN: usize = 16;
 /// Fills a fresh array from the system's CSPRNG.
 pub(crate) fn random<const N: usize>() -> AuditResult<[u8; N]> {
     let mut out = [0u8; N];
-    SystemRandom::new().fill(&mut out).map_err(|_| AuditError::permanent("the system random generator failed"))?;
+    fill_random(&mut out)?;
     Ok(out)
 }
 
+/// Fills `out` from the system's CSPRNG: one call (one system call) for a whole batch of keys and nonces.
+pub(crate) fn fill_random(out: &mut [u8]) -> AuditResult<()> {
+    SystemRandom::new().fill(out).map_err(|_| AuditError::permanent("the system random generator failed"))
+}
+
+/// The HKDF salt, keyed once per process (keying HMAC costs as much as using it).
+static SALT: LazyLock<hkdf::Salt> = LazyLock::new(|| hkdf::Salt::new(hkdf::HKDF_SHA256, b"audit-db personal data v1"));
+
 /// HKDF-SHA256 of `ikm` for `label` (32 bytes): one secret, many independent keys.
 pub(crate) fn derive(ikm: &[u8], label: &str) -> [u8; 32] {
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"audit-db personal data v1").extract(ikm);
+    expand(&SALT.extract(ikm), label)
+}
+
+/// The HKDF expand step for `label`: several labels of one secret share one extract ([`SubjectKey::new`]).
+fn expand(prk: &hkdf::Prk, label: &str) -> [u8; 32] {
     let info = [label.as_bytes()];
     let okm = prk.expand(&info, hkdf::HKDF_SHA256).expect("32 bytes is a valid HKDF-SHA256 length");
     let mut out = [0u8; 32];
@@ -72,10 +86,12 @@ impl SubjectKey {
                 secret.len()
             )));
         }
+        // The same keys as `derive(secret, label)` for each label, with one HKDF extract for both.
+        let prk = SALT.extract(secret);
         Ok(Self {
             key_id,
-            enc: aead_key(&derive(secret, "subject/encrypt")),
-            nonce: hmac::Key::new(hmac::HMAC_SHA256, &derive(secret, "subject/nonce")),
+            enc: aead_key(&expand(&prk, "subject/encrypt")),
+            nonce: hmac::Key::new(hmac::HMAC_SHA256, &expand(&prk, "subject/nonce")),
         })
     }
 
@@ -136,6 +152,7 @@ pub fn parse_stored(text: &str) -> Option<([u8; KEY_ID_LEN], &str)> {
 pub struct FileMasterKey {
     wrap: LessSafeKey,
     index: hmac::Key,
+    index_secret: [u8; 32],
     id: String,
 }
 
@@ -168,15 +185,21 @@ impl FileMasterKey {
             .ok_or_else(|| AuditError::invalid("the master key's second line is not 32 bytes of base64"))?;
         let id_key = hmac::Key::new(hmac::HMAC_SHA256, &derive(&secret, "master/id"));
         let id = hex::encode(&hmac::sign(&id_key, b"master key id").as_ref()[..8]);
+        let index_secret = derive(&secret, "master/subject-index");
         Ok(Self {
             wrap: aead_key(&derive(&secret, "master/wrap")),
-            index: hmac::Key::new(hmac::HMAC_SHA256, &derive(&secret, "master/subject-index")),
+            index: hmac::Key::new(hmac::HMAC_SHA256, &index_secret),
+            index_secret,
             id,
         })
     }
 
     fn wrap_now(&self, key: &[u8], context: &[u8]) -> AuditResult<Vec<u8>> {
-        let nonce: [u8; NONCE_LEN] = random()?;
+        self.wrap_with_nonce(random()?, key, context)
+    }
+
+    /// Wraps under a fresh random nonce (the caller draws it; [`Self::wrap_many`] draws all of a batch at once).
+    fn wrap_with_nonce(&self, nonce: [u8; NONCE_LEN], key: &[u8], context: &[u8]) -> AuditResult<Vec<u8>> {
         let mut body = key.to_vec();
         self.wrap
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context), &mut body)
@@ -217,6 +240,24 @@ impl audit_core::KeyManager for FileMasterKey {
         Box::pin(std::future::ready(self.wrap_now(key, context)))
     }
 
+    fn wrap_many<'a>(
+        &'a self,
+        items: &'a [(&'a [u8], &'a [u8])],
+    ) -> audit_core::privacy::PrivacyFuture<'a, AuditResult<Vec<Vec<u8>>>> {
+        let wrapped = (|| {
+            let mut nonces = vec![0u8; items.len() * NONCE_LEN];
+            fill_random(&mut nonces)?;
+            items
+                .iter()
+                .zip(nonces.chunks_exact(NONCE_LEN))
+                .map(|((key, context), nonce)| {
+                    self.wrap_with_nonce(nonce.try_into().expect("NONCE_LEN bytes"), key, context)
+                })
+                .collect()
+        })();
+        Box::pin(std::future::ready(wrapped))
+    }
+
     fn unwrap<'a>(
         &'a self,
         wrapped: &'a [u8],
@@ -226,10 +267,35 @@ impl audit_core::KeyManager for FileMasterKey {
     }
 
     fn subject_index(&self, subject: &str) -> AuditResult<[u8; 32]> {
-        let tag = hmac::sign(&self.index, subject.as_bytes());
-        let mut out = [0u8; 32];
-        out.copy_from_slice(tag.as_ref());
-        Ok(out)
+        Ok(index_with(&self.index, subject))
+    }
+
+    fn subject_index_secret(&self) -> Option<Vec<u8>> {
+        Some(self.index_secret.to_vec())
+    }
+}
+
+fn index_with(key: &hmac::Key, subject: &str) -> [u8; 32] {
+    let tag = hmac::sign(key, subject.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// Associated data of the wrapped subject-index key (`audit_subject_index_key`).
+pub(crate) const INDEX_KEY_CONTEXT: &[u8] = b"audit-db subject index key";
+
+/// The subject-index key as stored (unwrapped): computes what [`audit_core::KeyManager::subject_index`] computed
+/// under the master key it was first derived from, whatever master key wraps it now.
+pub(crate) struct IndexKey(hmac::Key);
+
+impl IndexKey {
+    pub(crate) fn new(secret: &[u8]) -> Self {
+        Self(hmac::Key::new(hmac::HMAC_SHA256, secret))
+    }
+
+    pub(crate) fn index(&self, subject: &str) -> [u8; 32] {
+        index_with(&self.0, subject)
     }
 }
 
@@ -269,6 +335,12 @@ mod tests {
         assert_ne!(m.master_key_id(), other.master_key_id());
         assert_eq!(m.subject_index("x").unwrap(), m.subject_index("x").unwrap());
         assert_ne!(m.subject_index("x").unwrap(), other.subject_index("x").unwrap());
+        let stored = IndexKey::new(&m.subject_index_secret().unwrap());
+        assert_eq!(stored.index("x"), m.subject_index("x").unwrap(), "the exported index key computes the same");
         assert!(FileMasterKey::parse("garbage").is_err());
+        let many = m.wrap_many(&[(&[1; 32], b"a"), (&[2; 32], b"b")]).await.unwrap();
+        assert_eq!(m.unwrap(&many[0], b"a").await.unwrap(), [1; 32]);
+        assert_eq!(m.unwrap(&many[1], b"b").await.unwrap(), [2; 32]);
+        assert_ne!(many[0][..NONCE_LEN], many[1][..NONCE_LEN], "each wrap has its own nonce");
     }
 }

@@ -20,7 +20,7 @@ mod store;
 
 pub use cipher::{FileMasterKey, KEY_ID_LEN, STORED_PREFIX, SubjectKey, parse_stored};
 pub use config::PrivacyConfig;
-pub use shredder::{ErasurePlan, Shredder};
+pub use shredder::{ErasurePlan, MasterRotation, Shredder};
 pub use store::SubjectEvents;
 
 /// File name `audit-db keygen --master` writes.

@@ -14,7 +14,7 @@ use audit_pg::PgPool;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cipher::{KEY_ID_LEN, STORED_PREFIX, SubjectKey, parse_stored, random};
+use crate::cipher::{INDEX_KEY_CONTEXT, IndexKey, KEY_ID_LEN, STORED_PREFIX, SubjectKey, fill_random, parse_stored};
 use crate::store::{KeyRow, KeyStore, SubjectEvents};
 
 /// Above this many cached keys the cache starts over (a bound on memory, not a policy).
@@ -46,6 +46,19 @@ impl ErasurePlan {
     }
 }
 
+/// What a master-key rotation did ([`Shredder::rotate_master_from`]); no secret in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MasterRotation {
+    /// The master key the subject keys were wrapped under.
+    pub old_master_key_id: String,
+    /// The master key they are wrapped under now (this shredder's).
+    pub new_master_key_id: String,
+    /// Subject keys re-wrapped by this rotation.
+    pub subject_keys_rewrapped: i64,
+    /// Subject keys that were already under the new master key (an earlier rotation run, or created since).
+    pub already_under_new: i64,
+}
+
 /// Crypto-shredding of personal values (see the crate doc and `docs/compliance.md`).
 pub struct Shredder<R> {
     fields: PersonalFields,
@@ -53,6 +66,9 @@ pub struct Shredder<R> {
     store: KeyStore<R>,
     cache: Mutex<Cache>,
     ttl: Duration,
+    /// The stored subject-index key (loaded, or first stored, on first use); `None` inside when the key manager
+    /// cannot export one (then it computes indexes itself).
+    index: tokio::sync::OnceCell<Option<IndexKey>>,
 }
 
 impl<R> std::fmt::Debug for Shredder<R> {
@@ -177,7 +193,14 @@ impl<R: ResiliencePolicy> Shredder<R> {
         acquire_timeout: Duration,
         ttl: Duration,
     ) -> Self {
-        Self { fields, keys, store: KeyStore::new(pool, policy, acquire_timeout), cache: Mutex::default(), ttl }
+        Self {
+            fields,
+            keys,
+            store: KeyStore::new(pool, policy, acquire_timeout),
+            cache: Mutex::default(),
+            ttl,
+            index: tokio::sync::OnceCell::new(),
+        }
     }
 
     fn fresh(&self, at: Instant) -> bool {
@@ -200,6 +223,77 @@ impl<R: ResiliencePolicy> Shredder<R> {
         Ok(Arc::new(SubjectKey::new(key_id, &secret)?))
     }
 
+    /// The subject-index key: the stored one (unwrapped under the configured master key), first stored from the
+    /// key manager's own when there is none. Subject indexes thereby survive a master-key rotation.
+    async fn index_key(&self) -> AuditResult<&Option<IndexKey>> {
+        self.index
+            .get_or_try_init(|| async {
+                let master = self.keys.master_key_id();
+                let stored = match self.store.index_key().await? {
+                    Some(row) => Some(row),
+                    None => match self.keys.subject_index_secret() {
+                        None => None,
+                        Some(secret) => {
+                            let wrapped = self.keys.wrap(&secret, INDEX_KEY_CONTEXT).await?;
+                            Some(self.store.init_index_key(wrapped, master.clone()).await?)
+                        }
+                    },
+                };
+                let Some((wrapped, id)) = stored else { return Ok(None) };
+                if id != master {
+                    return Err(AuditError::integrity(format!(
+                        "the subject index key is wrapped under master key {id}, but master key {master} is \
+                         configured (after `audit-db keys rotate-master`, every process needs the new key file)"
+                    )));
+                }
+                let secret = self.keys.unwrap(&wrapped, INDEX_KEY_CONTEXT).await?;
+                Ok(Some(IndexKey::new(&secret)))
+            })
+            .await
+    }
+
+    /// A new key for each subject index, wrapped under the master key in one call: one random draw for all ids
+    /// and secrets. Returns each row with its id and secret.
+    async fn candidate_keys(&self, indexes: &[[u8; 32]]) -> AuditResult<Vec<(KeyRow, ([u8; KEY_ID_LEN], [u8; 32]))>> {
+        const ONE: usize = KEY_ID_LEN + 32;
+        let mut bytes = vec![0u8; indexes.len() * ONE];
+        fill_random(&mut bytes)?;
+        let drawn: Vec<([u8; KEY_ID_LEN], [u8; 32])> = bytes
+            .chunks_exact(ONE)
+            .map(|c| {
+                let (id, secret) = c.split_at(KEY_ID_LEN);
+                (id.try_into().expect("KEY_ID_LEN bytes"), secret.try_into().expect("32 bytes"))
+            })
+            .collect();
+        let contexts: Vec<Vec<u8>> =
+            drawn.iter().zip(indexes).map(|((id, _), index)| [id.as_slice(), index.as_slice()].concat()).collect();
+        let items: Vec<(&[u8], &[u8])> =
+            drawn.iter().zip(&contexts).map(|((_, secret), c)| (secret.as_slice(), c.as_slice())).collect();
+        let wrapped = self.keys.wrap_many(&items).await?;
+        if wrapped.len() != indexes.len() {
+            return Err(AuditError::permanent(format!(
+                "the key manager wrapped {} of {} subject keys",
+                wrapped.len(),
+                indexes.len()
+            )));
+        }
+        let master_key_id = self.keys.master_key_id();
+        Ok(wrapped
+            .into_iter()
+            .zip(indexes)
+            .zip(drawn)
+            .map(|((wrapped_key, index), (key_id, secret))| {
+                let row = KeyRow {
+                    key_id: key_id.to_vec(),
+                    subject_index: index.to_vec(),
+                    wrapped_key,
+                    master_key_id: master_key_id.clone(),
+                };
+                (row, (key_id, secret))
+            })
+            .collect())
+    }
+
     /// The keys of `subjects`, from the cache or the table; with `create`, subjects without one get one.
     async fn keys_for(&self, subjects: HashSet<String>, create: bool) -> AuditResult<HashMap<String, Arc<SubjectKey>>> {
         let mut out = HashMap::with_capacity(subjects.len());
@@ -218,44 +312,44 @@ impl<R: ResiliencePolicy> Shredder<R> {
         if missing.is_empty() {
             return Ok(out);
         }
-        let indexes: Vec<[u8; 32]> = missing.iter().map(|s| self.keys.subject_index(s)).collect::<AuditResult<_>>()?;
-        let mut found: HashMap<Vec<u8>, KeyRow> = self
-            .store
-            .by_index(indexes.iter().map(|i| i.to_vec()).collect())
-            .await?
-            .into_iter()
-            .map(|r| (r.subject_index.clone(), r))
-            .collect();
+        let index_key = self.index_key().await?;
+        let indexes: Vec<[u8; 32]> = missing
+            .iter()
+            .map(|s| match index_key {
+                Some(k) => Ok(k.index(s)),
+                None => self.keys.subject_index(s),
+            })
+            .collect::<AuditResult<_>>()?;
         // Keys this call created and stored: used as generated, without reading them back.
         let mut created: HashMap<Vec<u8>, Arc<SubjectKey>> = HashMap::new();
+        let mut found: HashMap<Vec<u8>, KeyRow> = HashMap::new();
         if create {
-            let mut new_rows = Vec::new();
-            let mut secrets = HashMap::new();
-            for index in indexes.iter().filter(|i| !found.contains_key(i.as_slice())) {
-                let key_id: [u8; KEY_ID_LEN] = random()?;
-                let secret: [u8; 32] = random()?;
-                let context = [key_id.as_slice(), index.as_slice()].concat();
-                new_rows.push(KeyRow {
-                    key_id: key_id.to_vec(),
-                    subject_index: index.to_vec(),
-                    wrapped_key: self.keys.wrap(&secret, &context).await?,
-                    master_key_id: self.keys.master_key_id(),
-                });
-                secrets.insert(index.to_vec(), (key_id, secret));
-            }
-            if !new_rows.is_empty() {
-                let asked: Vec<Vec<u8>> = new_rows.iter().map(|r| r.subject_index.clone()).collect();
-                let inserted: HashSet<Vec<u8>> = self.store.insert(new_rows).await?.into_iter().collect();
-                for index in &inserted {
-                    let (key_id, secret) = &secrets[index];
-                    created.insert(index.clone(), Arc::new(SubjectKey::new(*key_id, secret)?));
-                }
-                // A concurrent writer created the others first: everyone uses its key.
-                let lost: Vec<Vec<u8>> = asked.into_iter().filter(|i| !inserted.contains(i)).collect();
-                if !lost.is_empty() {
-                    found.extend(self.store.by_index(lost).await?.into_iter().map(|r| (r.subject_index.clone(), r)));
+            // Insert first: a fresh key for every subject not in the cache, in one statement that keeps any key
+            // already stored (ON CONFLICT DO NOTHING). A new subject costs one round trip for the whole batch; only
+            // the subjects that already had a key (stored earlier, or by a concurrent writer a moment ago) are read
+            // back, and everyone uses the stored key. A candidate that loses costs a random draw and one wrap.
+            let candidates = self.candidate_keys(&indexes).await?;
+            let inserted: HashSet<Vec<u8>> =
+                self.store.insert(candidates.iter().map(|(row, _)| row.clone()).collect()).await?.into_iter().collect();
+            let mut lost = Vec::new();
+            for (row, (key_id, secret)) in candidates {
+                if inserted.contains(&row.subject_index) {
+                    created.insert(row.subject_index, Arc::new(SubjectKey::new(key_id, &secret)?));
+                } else {
+                    lost.push(row.subject_index);
                 }
             }
+            if !lost.is_empty() {
+                found.extend(self.store.by_index(lost).await?.into_iter().map(|r| (r.subject_index.clone(), r)));
+            }
+        } else {
+            found.extend(
+                self.store
+                    .by_index(indexes.iter().map(|i| i.to_vec()).collect())
+                    .await?
+                    .into_iter()
+                    .map(|r| (r.subject_index.clone(), r)),
+            );
         }
         let now = Instant::now();
         let mut resolved = Vec::new();
@@ -358,6 +452,23 @@ impl<R: ResiliencePolicy> Shredder<R> {
         cache.by_subject.retain(|_, (_, k)| k.key_id != key_id);
         cache.by_id.insert(key_id, (Instant::now(), None));
         Ok(existed)
+    }
+
+    /// Master-key rotation: re-wraps every subject key wrapped under `old` under this shredder's master key, in one
+    /// transaction. Subject keys do not change, so every stored value, leaf hash, checkpoint and proof stays as it
+    /// is. Refuses (changing nothing) when `old` is this master key, when a stored key is wrapped under a third
+    /// master key (named in the error: the wrong old key was given), or when a key does not unwrap under `old`.
+    /// Recording the rotation is the caller's (see `audit-server`'s `privacy`). Processes still holding `old` must
+    /// be restarted with the new key file: keys they create meanwhile stay under `old` (run the rotation again).
+    pub async fn rotate_master_from(&self, old: Arc<dyn KeyManager>) -> AuditResult<MasterRotation> {
+        let (old_master_key_id, new_master_key_id) = (old.master_key_id(), self.keys.master_key_id());
+        let done = self.store.rewrap(old, self.keys.clone()).await?;
+        Ok(MasterRotation {
+            old_master_key_id,
+            new_master_key_id,
+            subject_keys_rewrapped: done.rewrapped,
+            already_under_new: done.already_new,
+        })
     }
 
     /// Sealed form of the subject's own id in `field` (for equality queries), or `None` without a key.

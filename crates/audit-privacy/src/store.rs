@@ -3,8 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use audit_core::{AuditResult, ResiliencePolicy};
+use audit_core::{AuditError, AuditResult, KeyManager, ResiliencePolicy};
 use audit_pg::{PgPool, PooledConn, checkout, pg_error};
+
+use crate::cipher::INDEX_KEY_CONTEXT;
 use serde::Serialize;
 
 /// A subject key row: the wrapped secret and what it is bound to.
@@ -32,6 +34,16 @@ pub(crate) struct KeyStore<R> {
     pool: PgPool,
     policy: R,
     acquire_timeout: Duration,
+}
+
+/// Subject keys re-wrapped per statement during a master-key rotation (all in one transaction).
+const REWRAP_CHUNK: usize = 10_000;
+
+/// What a rotation did: keys re-wrapped, and keys already under the new master key (an earlier, resumed run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rewrapped {
+    pub rewrapped: i64,
+    pub already_new: i64,
 }
 
 const KEY_COLUMNS: &str = "key_id, subject_index, wrapped_key, master_key_id";
@@ -110,6 +122,192 @@ impl<R: ResiliencePolicy> KeyStore<R> {
                     .await
                     .map_err(|e| pg_error(e, "storing subject keys"))?;
                 Ok(rows.iter().map(|r| r.get(0)).collect())
+            }
+        })
+        .await
+    }
+
+    /// Re-wraps every subject key wrapped under `old` under `new`, in one transaction that locks the table against
+    /// key creation and erasure meanwhile (they wait, then proceed under whichever master key they hold). The
+    /// subject keys themselves do not change. Refuses, changing nothing, when `old` is `new`, or when a stored key is
+    /// wrapped under a master key that is neither (the error names it), or when a key does not unwrap under `old`.
+    pub(crate) async fn rewrap(&self, old: Arc<dyn KeyManager>, new: Arc<dyn KeyManager>) -> AuditResult<Rewrapped> {
+        let (old_id, new_id) = (old.master_key_id(), new.master_key_id());
+        if old_id == new_id {
+            return Err(AuditError::invalid(format!(
+                "new master key: it is the old master key ({old_id}); generate a new one with `audit-db keygen --master`"
+            )));
+        }
+        self.with_conn(move |mut conn| {
+            let (old, new, old_id, new_id) = (old.clone(), new.clone(), old_id.clone(), new_id.clone());
+            async move {
+                conn.set_in_caller_transaction(true);
+                let tx = conn.client().transaction().await.map_err(|e| pg_error(e, "starting the rotation"))?;
+                tx.batch_execute("LOCK TABLE audit_subject_keys IN SHARE ROW EXCLUSIVE MODE")
+                    .await
+                    .map_err(|e| pg_error(e, "locking audit_subject_keys"))?;
+                let counts: Vec<(String, i64)> = tx
+                    .query("SELECT master_key_id, count(*) FROM audit_subject_keys GROUP BY 1 ORDER BY 1", &[])
+                    .await
+                    .map_err(|e| pg_error(e, "counting subject keys per master key"))?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect();
+                let count_of = |id: &str| counts.iter().find(|(m, _)| m == id).map_or(0, |(_, n)| *n);
+                let others: Vec<String> = counts
+                    .iter()
+                    .filter(|(m, _)| *m != old_id && *m != new_id)
+                    .map(|(m, n)| format!("{m} ({n} keys)"))
+                    .collect();
+                if !others.is_empty() {
+                    return Err(AuditError::invalid(format!(
+                        "old master key: subject keys are wrapped under master key {}, not under the old master key                          {old_id} (nor the new one {new_id}); give the master key file they were created with",
+                        others.join(", ")
+                    )));
+                }
+                // The subject-index key moves with the subject keys (every subject keeps its index).
+                let index_row = tx
+                    .query_opt(
+                        "SELECT wrapped_key, master_key_id FROM audit_subject_index_key WHERE singleton FOR UPDATE",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| pg_error(e, "reading the subject index key"))?;
+                let index_secret = match index_row.map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, String>(1))) {
+                    Some((_, id)) if id == new_id => None,
+                    Some((wrapped, id)) if id == old_id => {
+                        Some(old.unwrap(&wrapped, INDEX_KEY_CONTEXT).await.map_err(|e| {
+                            e.context(format!("old master key {old_id}: the subject index key"))
+                        })?)
+                    }
+                    Some((_, id)) => {
+                        return Err(AuditError::invalid(format!(
+                            "old master key: the subject index key is wrapped under master key {id}, not under the \
+                             old master key {old_id}; give the master key file it was created with"
+                        )));
+                    }
+                    None => Some(old.subject_index_secret().ok_or_else(|| {
+                        AuditError::invalid(format!(
+                            "old master key {old_id}: its subject index key cannot be exported, so it cannot be \
+                             rotated by re-wrapping"
+                        ))
+                    })?),
+                };
+                if let Some(secret) = index_secret {
+                    let wrapped = new.wrap(&secret, INDEX_KEY_CONTEXT).await?;
+                    tx.execute(
+                        "INSERT INTO audit_subject_index_key (wrapped_key, master_key_id) VALUES ($1, $2) \
+                         ON CONFLICT (singleton) DO UPDATE SET wrapped_key = EXCLUDED.wrapped_key, \
+                         master_key_id = EXCLUDED.master_key_id, updated_at = now()",
+                        &[&wrapped, &new_id],
+                    )
+                    .await
+                    .map_err(|e| pg_error(e, "storing the re-wrapped subject index key"))?;
+                }
+                let mut done = Rewrapped { rewrapped: 0, already_new: count_of(&new_id) };
+                let mut after: Vec<u8> = Vec::new();
+                loop {
+                    let sql = format!(
+                        "SELECT {KEY_COLUMNS} FROM audit_subject_keys WHERE master_key_id = $1 AND key_id > $2 \
+                         ORDER BY key_id LIMIT {REWRAP_CHUNK}"
+                    );
+                    let rows: Vec<KeyRow> = tx
+                        .query(&sql, &[&old_id, &after])
+                        .await
+                        .map_err(|e| pg_error(e, "reading subject keys to re-wrap"))?
+                        .iter()
+                        .map(key_row)
+                        .collect();
+                    let Some(last) = rows.last() else { break };
+                    after = last.key_id.clone();
+                    let contexts: Vec<Vec<u8>> =
+                        rows.iter().map(|r| [r.key_id.as_slice(), r.subject_index.as_slice()].concat()).collect();
+                    let mut secrets = Vec::with_capacity(rows.len());
+                    for (r, context) in rows.iter().zip(&contexts) {
+                        secrets.push(old.unwrap(&r.wrapped_key, context).await.map_err(|e| {
+                            e.context(format!("old master key {old_id}: subject key {}", hex::encode(&r.key_id)))
+                        })?);
+                    }
+                    let items: Vec<(&[u8], &[u8])> =
+                        secrets.iter().zip(&contexts).map(|(s, c)| (s.as_slice(), c.as_slice())).collect();
+                    let wrapped = new.wrap_many(&items).await?;
+                    let ids: Vec<Vec<u8>> = rows.iter().map(|r| r.key_id.clone()).collect();
+                    let n = tx
+                        .execute(
+                            "UPDATE audit_subject_keys k SET wrapped_key = u.wrapped_key, master_key_id = $3 \
+                             FROM unnest($1::bytea[], $2::bytea[]) AS u(key_id, wrapped_key) \
+                             WHERE k.key_id = u.key_id AND k.master_key_id = $4",
+                            &[&ids, &wrapped, &new_id, &old_id],
+                        )
+                        .await
+                        .map_err(|e| pg_error(e, "storing re-wrapped subject keys"))?;
+                    if n != rows.len() as u64 {
+                        return Err(AuditError::permanent(format!(
+                            "re-wrapping changed {n} of {} subject keys; rolled back",
+                            rows.len()
+                        )));
+                    }
+                    done.rewrapped += rows.len() as i64;
+                }
+                tx.commit().await.map_err(|e| pg_error(e, "committing the rotation"))?;
+                conn.set_in_caller_transaction(false);
+                Ok(done)
+            }
+        })
+        .await
+    }
+
+    /// The stored subject-index key (wrapped, and the master key id it is wrapped under), if any.
+    pub(crate) async fn index_key(&self) -> AuditResult<Option<(Vec<u8>, String)>> {
+        self.with_conn(|conn| async move {
+            let row = conn
+                .query_opt("SELECT wrapped_key, master_key_id FROM audit_subject_index_key WHERE singleton", &[])
+                .await
+                .map_err(|e| pg_error(e, "reading the subject index key"))?;
+            Ok(row.map(|r| (r.get(0), r.get(1))))
+        })
+        .await
+    }
+
+    /// Stores the subject-index key wrapped under `master_key_id` unless one is stored (then that one wins), and
+    /// returns the stored one. Refuses to start the record under a master key other than the one every existing
+    /// subject key is wrapped under (a misconfigured master key would otherwise index subjects differently).
+    pub(crate) async fn init_index_key(
+        &self,
+        wrapped: Vec<u8>,
+        master_key_id: String,
+    ) -> AuditResult<(Vec<u8>, String)> {
+        let args = Arc::new((wrapped, master_key_id));
+        self.with_conn(move |conn| {
+            let args = args.clone();
+            async move {
+                conn.execute(
+                    "INSERT INTO audit_subject_index_key (wrapped_key, master_key_id) SELECT $1, $2 \
+                     WHERE NOT EXISTS (SELECT 1 FROM audit_subject_keys WHERE master_key_id <> $2) \
+                     ON CONFLICT (singleton) DO NOTHING",
+                    &[&args.0, &args.1],
+                )
+                .await
+                .map_err(|e| pg_error(e, "storing the subject index key"))?;
+                let row = conn
+                    .query_opt("SELECT wrapped_key, master_key_id FROM audit_subject_index_key WHERE singleton", &[])
+                    .await
+                    .map_err(|e| pg_error(e, "reading the subject index key"))?;
+                if let Some(r) = row {
+                    return Ok((r.get(0), r.get(1)));
+                }
+                let other: String = conn
+                    .query_one(
+                        "SELECT master_key_id FROM audit_subject_keys WHERE master_key_id <> $1 LIMIT 1",
+                        &[&args.1],
+                    )
+                    .await
+                    .map_err(|e| pg_error(e, "reading subject keys"))?
+                    .get(0);
+                Err(AuditError::integrity(format!(
+                    "subject keys are wrapped under master key {other}, but master key {} is configured",
+                    args.1
+                )))
             }
         })
         .await

@@ -89,6 +89,11 @@ enum Command {
     /// proof stays valid. Refused while a legal hold covers any of its events. Prints a JSON report; exit 0 erased
     /// (or dry run, or nothing to erase), 3 refused by a legal hold, 1 on error.
     Erase(cli_privacy::EraseArgs),
+    /// The master key of personal data: `rotate-master --old FILE --new FILE` re-wraps every subject key.
+    Keys {
+        #[command(subcommand)]
+        command: cli_privacy::KeysCommand,
+    },
     /// Manage the embedded private PostgreSQL cluster.
     Embedded {
         #[command(subcommand)]
@@ -186,6 +191,7 @@ async fn run(command: Command, config: AuditConfig) -> anyhow::Result<ExitCode> 
         Command::ApiKeys { command } => cli_api_keys::run(App::open(config).await?, command).await,
         Command::Replicas { command } => cli_replicas::run(App::open(config).await?, command).await,
         Command::Erase(args) => cli_privacy::run(App::open(config).await?, args).await,
+        Command::Keys { command } => cli_privacy::keys(config, command).await,
         Command::Embedded { action } => {
             let dir = config.database.data_dir.clone();
             match action {

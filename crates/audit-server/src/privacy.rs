@@ -14,6 +14,57 @@ use crate::app::{Client, Privacy};
 /// The action recorded for an erasure.
 pub const ERASURE_ACTION: &str = "personal_data_erasure";
 
+/// The action recorded for a master-key rotation.
+pub const ROTATION_ACTION: &str = "master_key_rotation";
+
+/// Rotates the master key: re-wraps every subject key wrapped under `old` under `privacy`'s master key (one
+/// transaction; see [`audit_privacy::Shredder::rotate_master_from`]) and records a `master_key_rotation` event in
+/// the shared log naming both master-key ids and the count — ids are fingerprints, never key material. `client`
+/// must seal with `privacy` (the new key). Returns the rotation and the recorded event's id.
+pub async fn rotate_master_key(
+    client: &Client,
+    privacy: &Privacy,
+    old: std::sync::Arc<dyn audit_core::KeyManager>,
+    requested_by: &str,
+) -> AuditResult<(audit_privacy::MasterRotation, uuid::Uuid)> {
+    let rotation = privacy.rotate_master_from(old).await?;
+    tracing::info!(
+        old = rotation.old_master_key_id,
+        new = rotation.new_master_key_id,
+        rewrapped = rotation.subject_keys_rewrapped,
+        "master key rotated"
+    );
+    let event = serde_json::json!({
+        "event_id": uuid::Uuid::new_v4(),
+        "action": ROTATION_ACTION,
+        "status": "success",
+        "timestamp": audit_core::event::format_timestamp(Utc::now()),
+        "principal_id": requested_by,
+        "target_resource_type": "master_key",
+        "data_classification": DataClassification::Confidential.as_str(),
+        "outcome_description": "subject keys re-wrapped under a new master key; no stored value changed",
+        "details": {
+            "old_master_key_id": rotation.old_master_key_id,
+            "new_master_key_id": rotation.new_master_key_id,
+            "subject_keys_rewrapped": rotation.subject_keys_rewrapped,
+            "already_under_new": rotation.already_under_new,
+        },
+    });
+    let failed = |why: String| {
+        AuditError::permanent(format!(
+            "the subject keys are re-wrapped under master key {} (the rotation is committed), but recording it \
+             failed: {why}; record it by hand",
+            rotation.new_master_key_id
+        ))
+    };
+    let batch = client.insert_batch(vec![event]).await.map_err(|e| failed(e.to_string()))?;
+    match batch.items.first() {
+        Some(audit_client::BatchItem::Ok(ack)) => Ok((rotation.clone(), ack.event_id())),
+        Some(audit_client::BatchItem::Rejected(r)) => Err(failed(r.to_string())),
+        None => Err(failed("no outcome".into())),
+    }
+}
+
 /// What happened to an erasure request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

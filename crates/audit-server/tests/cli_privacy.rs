@@ -281,3 +281,159 @@ async fn erasing_a_subject_shreds_its_values_everywhere_and_keeps_every_proof() 
     let again = env.json(&db, &["erase", "--subject", ALICE_ID]);
     assert_eq!(again["status"], "no_key");
 }
+
+fn master_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let out = dir.join(name);
+    let o = cli::run_offline(&["keygen", "--master", "--out", out.to_str().unwrap()]);
+    ok(&o, "keygen --master");
+    let printed: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    (out.join("master.key"), printed["master_key_id"].as_str().unwrap().to_string())
+}
+
+/// Every stored row of `audit_log` as text, by event id.
+async fn rows_by_id(su: &tokio_postgres::Client) -> std::collections::BTreeMap<Uuid, String> {
+    su.query("SELECT event_id, t::text FROM audit_log t", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_master_key_rewraps_every_subject_key_and_changes_no_stored_value() {
+    use audit_core::KeyManager as _;
+    let db = TestDb::create("cli_privacy_rotate").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (signing, old) = keys(dir.path());
+    let old_key = audit_privacy::FileMasterKey::parse(&std::fs::read_to_string(&old).unwrap()).unwrap();
+    let old_id = old_key.master_key_id();
+    let (new, new_id) = master_key(dir.path(), "new");
+    let (wrong, wrong_id) = master_key(dir.path(), "wrong");
+    let env_with = |master: &Path| Env {
+        vars: vec![
+            ("AUDIT_DB_SIGNING_KEY_FILE".into(), signing.to_str().unwrap().into()),
+            ("AUDIT_DB_MASTER_KEY_FILE".into(), master.to_str().unwrap().into()),
+            ("AUDIT_DB_PERSONAL_FIELDS".into(), "principal_id,target_resource_id,details.patient_name".into()),
+        ],
+    };
+    let (env_old, env_new) = (env_with(&old), env_with(&new));
+    ok(&env_old.run(&db, &["migrate"]), "migrate");
+    let mut lines = Vec::new();
+    for i in 0..5 {
+        lines.push(event(ts(Duration::minutes(i as i64 + 5)), "dr-carol-1", ALICE_ID, ALICE_NAME, i));
+        lines.push(event(ts(Duration::minutes(i as i64 + 5)), "dr-carol-1", BOB_ID, BOB_NAME, i));
+    }
+    let file = cli::write_lines(dir.path(), "events.ndjson", &lines);
+    ok(&env_old.run(&db, &["ingest", file.to_str().unwrap()]), "ingest");
+    ok(&env_old.run(&db, &["checkpoint"]), "checkpoint");
+    let alice = env_old.query(&db, &["--resource-id", ALICE_ID]);
+    assert_eq!(alice.len(), 5);
+    let event_id = alice[0]["event_id"].as_str().unwrap().to_string();
+    let proof_before = env_old.json(&db, &["proof", "--event-id", &event_id]);
+    let su = sql(&db.url).await;
+    let rows_before = rows_by_id(&su).await;
+    let keys_sql = "SELECT key_id, subject_index, wrapped_key, master_key_id FROM audit_subject_keys ORDER BY key_id";
+    let keys_before = su.query(keys_sql, &[]).await.unwrap();
+    assert_eq!(keys_before.len(), 3, "alice, bob, dr-carol-1");
+
+    // A wrong old key is refused by name (the key the subject keys are under, and the one given); nothing changes.
+    let o =
+        env_old.run(&db, &["keys", "rotate-master", "--old", wrong.to_str().unwrap(), "--new", new.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&old_id) && err.contains(&wrong_id) && err.contains("old master key"), "{err}");
+    assert!(err.contains(wrong.to_str().unwrap()), "the file is named: {err}");
+    // The new key as the old one is refused too.
+    let o =
+        env_old.run(&db, &["keys", "rotate-master", "--old", old.to_str().unwrap(), "--new", old.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("new master key"), "{}", stderr(&o));
+    let unchanged = su.query(keys_sql, &[]).await.unwrap();
+    assert!(unchanged.iter().zip(&keys_before).all(|(a, b)| a.get::<_, Vec<u8>>(2) == b.get::<_, Vec<u8>>(2)));
+
+    // The rotation.
+    let done = env_old.json(
+        &db,
+        &[
+            "keys",
+            "rotate-master",
+            "--old",
+            old.to_str().unwrap(),
+            "--new",
+            new.to_str().unwrap(),
+            "--by",
+            "ops@north-clinic",
+        ],
+    );
+    assert_eq!(done["rotation"]["old_master_key_id"], json!(old_id));
+    assert_eq!(done["rotation"]["new_master_key_id"], json!(new_id));
+    assert_eq!(done["rotation"]["subject_keys_rewrapped"], 3);
+
+    // Same subject keys (ids, subjects), re-wrapped: the new key unwraps each, the old file none.
+    let new_key = audit_privacy::FileMasterKey::parse(&std::fs::read_to_string(&new).unwrap()).unwrap();
+    let keys_after = su.query(keys_sql, &[]).await.unwrap();
+    assert_eq!(keys_after.len(), 4, "plus the key of the rotation event's principal");
+    for before in &keys_before {
+        let id: Vec<u8> = before.get(0);
+        let after = keys_after.iter().find(|r| r.get::<_, Vec<u8>>(0) == id).expect("the same key id");
+        assert_eq!(after.get::<_, Vec<u8>>(1), before.get::<_, Vec<u8>>(1));
+        assert_eq!(after.get::<_, String>(3), new_id);
+        let context = [id.as_slice(), after.get::<_, Vec<u8>>(1).as_slice()].concat();
+        let (w_before, w_after): (Vec<u8>, Vec<u8>) = (before.get(2), after.get(2));
+        assert_ne!(w_after, w_before);
+        let secret = old_key.unwrap(&w_before, &context).await.unwrap();
+        assert_eq!(new_key.unwrap(&w_after, &context).await.unwrap(), secret, "the subject key itself is unchanged");
+        assert!(old_key.unwrap(&w_after, &context).await.is_err(), "the old master key opens nothing any more");
+    }
+    // Every stored event row is byte for byte what it was.
+    let rows_after = rows_by_id(&su).await;
+    for (id, text) in &rows_before {
+        assert_eq!(rows_after.get(id), Some(text), "row {id} unchanged");
+    }
+
+    // Reads: with the new key, every value; with the old key, an error naming both master keys.
+    let alice = env_new.query(&db, &["--resource-id", ALICE_ID]);
+    assert_eq!(alice.len(), 5);
+    assert!(alice.iter().all(|e| e["details"]["patient_name"] == ALICE_NAME && e["principal_id"] == "dr-carol-1"));
+    let o = env_old.run(&db, &["query", "--resource-id", BOB_ID]);
+    assert_eq!(o.status.code(), Some(1), "the old key reads nothing: {}", stdout(&o));
+    assert!(stderr(&o).contains(&new_id) && stderr(&o).contains(&old_id), "{}", stderr(&o));
+
+    // The rotation is an audit event with key ids only.
+    let record = env_new.query(&db, &["--action", "master_key_rotation"]);
+    assert_eq!(record.len(), 1);
+    assert_eq!(record[0]["event_id"], done["event_id"]);
+    assert_eq!(record[0]["principal_id"], "ops@north-clinic");
+    assert_eq!(record[0]["details"]["old_master_key_id"], json!(old_id));
+    assert_eq!(record[0]["details"]["new_master_key_id"], json!(new_id));
+    let secrets: Vec<String> = [&old, &new]
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap().lines().nth(1).unwrap().trim().to_string())
+        .collect();
+    let text = record[0].to_string() + &raw_dump(&su).await;
+    assert!(secrets.iter().all(|s| !text.contains(s.as_str())), "no key material is recorded");
+
+    // Integrity: verify is clean, the earlier proof's leaf is the row's, a new checkpoint covers the event.
+    let o = env_new.run(&db, &["verify"]);
+    ok(&o, "verify");
+    assert!(stdout(&o).trim().is_empty(), "no findings after the rotation: {}", stdout(&o));
+    let proof_after = env_new.json(&db, &["proof", "--event-id", &event_id]);
+    assert_eq!(proof_after["leaf_hash"], proof_before["leaf_hash"]);
+
+    // Erasure still works under the new key.
+    let erased = env_new.json(&db, &["erase", "--subject", ALICE_ID]);
+    assert_eq!(erased["status"], "erased", "{erased}");
+    assert_eq!(env_new.query(&db, &["--resource-id", ALICE_ID]), Vec::<Value>::new());
+    let bob = env_new.query(&db, &["--resource-id", BOB_ID]);
+    assert!(bob.len() == 5 && bob.iter().all(|e| e["details"]["patient_name"] == BOB_NAME));
+    ok(&env_new.run(&db, &["checkpoint"]), "checkpoint");
+    let o = env_new.run(&db, &["verify"]);
+    ok(&o, "verify after erasure");
+    assert!(stdout(&o).trim().is_empty(), "{}", stdout(&o));
+
+    // A second run has nothing left to do.
+    let again =
+        env_new.json(&db, &["keys", "rotate-master", "--old", old.to_str().unwrap(), "--new", new.to_str().unwrap()]);
+    assert_eq!(again["rotation"]["subject_keys_rewrapped"], 0);
+}

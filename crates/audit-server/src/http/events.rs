@@ -398,15 +398,36 @@ fn split_format(query: Option<&str>) -> Result<(Option<String>, FilterParams), A
     Ok((format, params))
 }
 
+/// `Bundle.link` of a FHIR page: `self` (this page) and, unless it is the last, `next` (the same query after the
+/// page's last event), as FHIR search paging gives them. Absolute-path URLs with `format=fhir`, so following one
+/// gives FHIR whatever the client's `Accept`; the other parameters exactly as the client sent them.
+fn page_links(query: Option<&str>, next: Option<&str>) -> Vec<audit_fhir::BundleLink> {
+    let key = |p: &str| p.split_once('=').map_or(p, |(k, _)| k).to_string();
+    let pairs: Vec<&str> = query.unwrap_or("").split('&').filter(|p| !p.is_empty()).collect();
+    let kept: Vec<&str> = pairs.iter().copied().filter(|p| !matches!(key(p).as_str(), "format" | "after")).collect();
+    let current = pairs.iter().find(|p| key(p) == "after").and_then(|p| p.split_once('=')).map(|(_, v)| v);
+    let url = |after: Option<&str>| {
+        let mut parts: Vec<String> = kept.iter().map(|p| p.to_string()).collect();
+        parts.push("format=fhir".into());
+        parts.extend(after.map(|c| format!("after={c}")));
+        format!("/v1/events?{}", parts.join("&"))
+    };
+    let mut links = vec![audit_fhir::BundleLink { relation: "self".into(), url: url(current) }];
+    if let Some(c) = next {
+        links.push(audit_fhir::BundleLink { relation: "next".into(), url: url(Some(c)) });
+    }
+    links
+}
+
 /// `GET /v1/events`: every filter of `audit-db query` under the same names (snake case), newest first, with a
 /// keyset cursor. A key sees only its organisation's events; an unknown parameter is refused, naming it.
 #[utoipa::path(get, path = "/v1/events", tag = "events", security(("bearer" = [])),
     params(FilterParams,
-        ("format" = Option<String>, Query, description = "json (default) or fhir: a FHIR R4 Bundle (type collection) of AuditEvents, as `audit-db export --format fhir`; `Accept: application/fhir+json` asks the same"),
+        ("format" = Option<String>, Query, description = "json (default) or fhir: a FHIR R4 Bundle (type collection) of AuditEvents, as `audit-db export --format fhir`, with paging links (Bundle.link `self`, and `next` unless this is the last page); `Accept: application/fhir+json` asks the same"),
         ("X-Audit-Min-LSN" = Option<String>, Header, description = "WAL position the answer must include"),
         ("X-Audit-Consistency" = Option<String>, Header, description = "strong, read-your-writes, eventual, bounded-staleness:<ms>")),
     responses(
-        (status = 200, description = "A page of events (FHIR: the page as a Bundle; the next page's cursor in X-Audit-Next-Cursor)",
+        (status = 200, description = "A page of events (FHIR: the page as a Bundle whose `next` link is the following page; its cursor also in X-Audit-Next-Cursor)",
          content((super::openapi::EventPage = "application/json"), (Object = "application/fhir+json"))),
         (status = 400, description = "Unknown or bad parameter, named", body = super::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or unknown key", body = super::Problem, content_type = "application/problem+json"),
@@ -441,7 +462,8 @@ pub(crate) async fn list_events(
     s.record_access(&caller, "GET /v1/events", recorded).await?;
     if fhir {
         let ctx = audit_fhir::ExportContext { service: "audit-db".into(), bundle_timestamp: Some(Utc::now()) };
-        let bundle = audit_fhir::bundle_collection(&a.page.events, &ctx);
+        let next = a.page.next_cursor.as_ref().map(|c| c.encode());
+        let bundle = audit_fhir::bundle_page(&a.page.events, &ctx, page_links(query.as_deref(), next.as_deref()));
         let mut r = Json(bundle).into_response();
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
         if let Some(c) = a.page.next_cursor.as_ref().and_then(|c| HeaderValue::from_str(&c.encode()).ok()) {
