@@ -26,3 +26,10 @@ pub use config::IngestConfig;
 pub use health::HealthReport;
 pub use transaction::{Transaction, TransactionScope};
 pub use writer::{PreparedEvent, WriteOutcome};
+
+/// The statement [`AuditClient::query`] sends to the database for `filter` (after the time bounds are normalised;
+/// with no personal-data policy), as SQL text and encoded parameters: lets a benchmark run the very same SQL as a
+/// raw prepared statement beside the client.
+pub fn query_statement(filter: &audit_core::EventFilter) -> audit_core::AuditResult<audit_pg::BuiltQuery> {
+    reader::page_statement(&filter.normalized()).map(|(statement, _)| statement)
+}

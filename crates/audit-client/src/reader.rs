@@ -80,8 +80,9 @@ fn filtered(f: &EventFilter) -> Boxed<'static> {
     q
 }
 
-/// One page of matching events, newest first, with a cursor when more match.
-pub(crate) async fn query(conn: &mut PgConn, f: &EventFilter) -> Result<Page, AuditError> {
+/// The statement [`query`] runs for `f` (SQL text and encoded parameters) and the page size: built in one place,
+/// so that a benchmark's raw baseline ([`crate::query_statement`]) runs exactly what the client sends.
+pub(crate) fn page_statement(f: &EventFilter) -> Result<(audit_pg::BuiltQuery, u32), AuditError> {
     if let Some(d) = &f.details_contains
         && !d.is_object()
     {
@@ -97,7 +98,13 @@ pub(crate) async fn query(conn: &mut PgConn, f: &EventFilter) -> Result<Page, Au
         );
     }
     let q = q.order((audit_log::timestamp.desc(), audit_log::event_id.desc())).limit(i64::from(limit) + 1).select(ROW);
-    let rows = build_query(&q)?.fetch(conn, "querying events").await?;
+    Ok((build_query(&q)?, limit))
+}
+
+/// One page of matching events, newest first, with a cursor when more match.
+pub(crate) async fn query(conn: &mut PgConn, f: &EventFilter) -> Result<Page, AuditError> {
+    let (statement, limit) = page_statement(f)?;
+    let rows = statement.fetch(conn, "querying events").await?;
     let more = rows.len() > limit as usize;
     let mut events = rows.iter().take(limit as usize).map(stored_event_from_row).collect::<Result<Vec<_>, _>>()?;
     events.shrink_to_fit();

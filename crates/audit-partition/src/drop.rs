@@ -1,9 +1,13 @@
 //! Dropping one expired partition, in stages on the maintenance session: `DETACH … CONCURRENTLY` (finalizing an
-//! interrupted one), archiving its events through a cursor, then one transaction that checks the row count and
-//! the holds, keeps the leaf hashes, drops the table and logs it. Also finishes what an interrupted run left.
+//! interrupted one), then one transaction on the detached table, locked from its first read: archive its events
+//! through a cursor (counting them and noting their organisations and classifications), keep their leaf hashes
+//! (one per archived row, or nothing is dropped), re-check the holds against what the archive saw, drop the table
+//! and log it. The drop itself reads no row. Also finishes what an interrupted run left.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use audit_core::{AuditError, AuditResult, ResiliencePolicy};
 use audit_pg::{EVENT_COLUMNS, pg_error, quote_ident, stored_event_from_row};
@@ -14,7 +18,7 @@ use uuid::Uuid;
 use crate::archive::{Archive, ArchiveManifest, ArchiveReceipt, StagedWriter};
 use crate::catalog::{Detail, list_partitions};
 use crate::db::{On, Session, retry_lock_timeouts};
-use crate::holds::holds_on;
+use crate::holds::holds_matching;
 use crate::manager::PartitionManager;
 use crate::period::{PARENT_TABLE, Period, ts_literal};
 use crate::retention::{RetentionAction, RetentionItem, days, insert_log};
@@ -25,14 +29,22 @@ const ARCHIVE_BATCH: u32 = 5_000;
 /// The cursor the archive reads a detached partition through.
 const ARCHIVE_CURSOR: &str = "audit_partition_archive";
 
-/// What the drop transaction found.
+/// What the archive pass saw in a table besides its rows' JSON: the organisations and classifications present,
+/// so that the drop re-checks legal holds without reading the table again.
+#[derive(Debug, Default)]
+struct Seen {
+    organizations: BTreeSet<String>,
+    classifications: BTreeSet<String>,
+}
+
+/// How the retention transaction of one detached table ended.
 enum DropOutcome {
-    /// Leaves kept, table dropped, logged; how long keeping the leaf hashes took (`None`: an earlier attempt did).
-    Dropped(Option<f64>),
-    /// A legal hold now matches a row: kept.
+    /// Archived, leaf hashes kept, table dropped and logged: committed.
+    Dropped,
+    /// A legal hold now matches a row: kept (the caller rolls back).
     Held(Vec<i64>),
-    /// The table holds this many rows, not the number archived: kept.
-    CountMismatch(i64),
+    /// Keeping the leaf hashes added this many leaves, not one per archived row: kept (the caller rolls back).
+    CountMismatch(u64),
 }
 
 impl<R: ResiliencePolicy> PartitionManager<R> {
@@ -46,7 +58,7 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
         self.forget(Period::from_bounds(self.config.interval, item.range_from, item.range_to));
         tracing::info!(partition = %item.partition, "detached partition");
         let Err(e) = self.finish_drop(session, run_id, item).await else { return Ok(()) };
-        // Nothing was dropped (the drop is one transaction, after the archive). Put the partition back, so that its
+        // Nothing was dropped (archive, leaves and drop are one transaction). Put the partition back, so that its
         // events stay visible to queries and to verify (a detached partition's rows would read as missing leaves)
         // until a run can archive them; if that fails too, the next run resumes the detached table.
         if item.action != RetentionAction::Dropped {
@@ -76,29 +88,31 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
         self.batch(On::Session(session), &format!("finalizing detach of {name}"), &sql).await
     }
 
-    /// Archive → (count check, hold re-check, keep leaves, drop, log) for a detached table.
+    /// Archive, keep the leaf hashes and drop a detached table, all in one transaction that holds the table in
+    /// `ACCESS EXCLUSIVE` mode from before the archive's first read: no row can be written into (or removed from)
+    /// the table between the archive and the drop, so the rows archived are the rows dropped, and the drop itself
+    /// reads no row. Checks on the way: the archive is stored (durable, with its manifest) before anything else
+    /// changes; keeping the leaf hashes must add exactly one leaf per archived row (a repeated cursor batch would
+    /// have left rows out of the file); the holds are re-checked against what the archive saw. Anything short of
+    /// the drop rolls back (the caller then re-attaches the table).
     async fn finish_drop(&self, session: &Session, run_id: Uuid, item: &mut RetentionItem) -> AuditResult<()> {
         let archive = self.require_archive()?.clone();
-        let t = std::time::Instant::now();
-        item.archive = Some(self.archive_table(session, &archive, run_id, item).await?);
-        item.timings.archive_s = Some(t.elapsed().as_secs_f64());
-        let t = std::time::Instant::now();
-        let schedule = &self.ddl_retry;
-        let what = format!("dropping {}", item.partition);
-        let (what, shared) = (what.as_str(), &*item);
-        let outcome = self
-            .run(On::Session(session), |c| async move {
-                retry_lock_timeouts(schedule, what, c, |mut c| async move {
-                    let r = self.try_drop(&mut c, run_id, shared).await;
-                    (c, r)
+        let xid = self.lock_for_retention(session, &item.partition).await?;
+        let outcome = self.archive_keep_drop(session, &archive, run_id, item, xid).await;
+        if !matches!(outcome, Ok(DropOutcome::Dropped)) {
+            let what = format!("rolling back the retention of {}", item.partition);
+            let what = what.as_str();
+            let rolled_back = self
+                .run(On::Session(session), |c| async move {
+                    c.batch_execute("ROLLBACK").await.map_err(|e| pg_error(e, what))
                 })
-                .await
-            })
-            .await?;
-        item.timings.drop_transaction_s = Some(t.elapsed().as_secs_f64());
-        match outcome {
-            DropOutcome::Dropped(keep_leaves_s) => {
-                item.timings.keep_leaves_s = keep_leaves_s;
+                .await;
+            if let Err(e) = rolled_back {
+                tracing::warn!(partition = %item.partition, error = %e, "could not roll back; the session ends it");
+            }
+        }
+        match outcome? {
+            DropOutcome::Dropped => {
                 item.action = RetentionAction::Dropped;
                 metrics::counter!(RETENTION_ACTIONS, "action" => "dropped").increment(1);
                 tracing::info!(partition = %item.partition, rows = item.rows, "archived and dropped partition");
@@ -114,76 +128,128 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
                 self.log(On::Session(session), run_id, "held", item, Some(detail)).await
             }
             DropOutcome::CountMismatch(n) => Err(AuditError::integrity(format!(
-                "{} holds {n} rows but {} were archived; not dropped",
+                "keeping the leaf hashes of {} added {n} leaves but {} rows were archived; not dropped",
                 item.partition, item.rows
             ))),
         }
     }
 
-    /// Attaches a detached partition again (a hold was placed while it was being dropped).
-    async fn reattach(&self, session: &Session, item: &RetentionItem) -> AuditResult<()> {
-        let sql = format!(
-            "{};\nALTER TABLE {PARENT_TABLE} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({});",
-            self.set_local_lock_timeout(),
-            quote_ident(&item.partition),
-            ts_literal(item.range_from),
-            ts_literal(item.range_to)
-        );
-        self.batch(On::Session(session), &format!("re-attaching {}", item.partition), &sql).await
+    /// Opens the retention transaction of a detached table and locks the table `ACCESS EXCLUSIVE` (no query of
+    /// `audit_log` reads a detached table: this only keeps out sessions naming it directly), retried on lock
+    /// timeouts. Returns the transaction's id, which each later step checks it is still inside.
+    async fn lock_for_retention(&self, session: &Session, name: &str) -> AuditResult<i64> {
+        let what = format!("locking {name} for its archive and drop");
+        let sql = format!("BEGIN; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", quote_ident(name));
+        let (what, sql, schedule) = (what.as_str(), sql.as_str(), &self.ddl_retry);
+        self.run(On::Session(session), |c| async move {
+            retry_lock_timeouts(schedule, what, &*c, |c: &Client| async move {
+                let opened = async {
+                    c.batch_execute(sql).await.map_err(|e| pg_error(e, what))?;
+                    let xid: i64 =
+                        c.query_one("SELECT txid_current()", &[]).await.map_err(|e| pg_error(e, what))?.get(0);
+                    Ok(xid)
+                }
+                .await;
+                if opened.is_err() {
+                    // An aborted transaction block must end before the next attempt.
+                    let _ = c.batch_execute("ROLLBACK").await;
+                }
+                (c, opened)
+            })
+            .await
+        })
+        .await
     }
 
-    /// One attempt of the drop transaction. Safe to repeat: a table this run dropped already counts as dropped.
-    async fn try_drop(&self, client: &mut Client, run_id: Uuid, item: &RetentionItem) -> AuditResult<DropOutcome> {
+    /// The steps inside the retention transaction `xid` (see [`Self::finish_drop`]), timed one by one.
+    async fn archive_keep_drop(
+        &self,
+        session: &Session,
+        archive: &Arc<dyn Archive>,
+        run_id: Uuid,
+        item: &mut RetentionItem,
+        xid: i64,
+    ) -> AuditResult<DropOutcome> {
+        let t = Instant::now();
+        let (receipt, seen) = self.archive_table(session, archive, run_id, item, xid).await?;
+        item.archive = Some(receipt);
+        item.timings.archive_s = Some(t.elapsed().as_secs_f64());
+
+        let t = Instant::now();
         let name = item.partition.as_str();
-        let t = quote_ident(name);
+        let added = self
+            .run(On::Session(session), |c| async move {
+                require_transaction(&c, xid, name).await?;
+                audit_pg::pruned_leaves::retain(&*c, name).await
+            })
+            .await?;
+        item.timings.keep_leaves_s = Some(t.elapsed().as_secs_f64());
+        if i64::try_from(added).ok() != Some(item.rows) {
+            return Ok(DropOutcome::CountMismatch(added));
+        }
+
+        let t = Instant::now();
+        let (shared, seen) = (&*item, &seen);
+        let outcome =
+            self.run(On::Session(session), |c| async move { self.try_drop(&c, run_id, shared, seen, xid).await }).await;
+        item.timings.drop_transaction_s = Some(t.elapsed().as_secs_f64());
+        outcome
+    }
+
+    /// The drop that ends the retention transaction `xid`: hold re-check against what the archive saw, `DROP
+    /// TABLE`, the `dropped` record, COMMIT — no row of the table is read. Safe to repeat: outside the transaction
+    /// it only says whether this run's drop committed (a COMMIT whose answer was lost).
+    async fn try_drop(
+        &self,
+        client: &Client,
+        run_id: Uuid,
+        item: &RetentionItem,
+        seen: &Seen,
+        xid: i64,
+    ) -> AuditResult<DropOutcome> {
+        let name = item.partition.as_str();
         let pg = |e| pg_error(e, &format!("dropping {name}"));
-        if dropped_by(client, run_id, name).await? {
-            return Ok(DropOutcome::Dropped(None));
+        if !in_transaction(client, xid).await? {
+            return if dropped_by(client, run_id, name).await? {
+                Ok(DropOutcome::Dropped)
+            } else {
+                Err(AuditError::permanent(format!(
+                    "the retention transaction of {name} ended before its drop; not dropped"
+                )))
+            };
         }
-        let tx = client.transaction().await.map_err(pg)?;
-        tx.batch_execute(&format!("{}; LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE", self.set_local_lock_timeout()))
-            .await
-            .map_err(pg)?;
-        let n: i64 = tx.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.map_err(pg)?.get(0);
-        if n != item.rows {
-            return Ok(DropOutcome::CountMismatch(n));
-        }
-        let holds = holds_on(&tx, name).await?;
+        let holds = holds_matching(client, &seen.organizations, &seen.classifications).await?;
         if !holds.is_empty() {
             return Ok(DropOutcome::Held(holds));
         }
-        let t_leaves = std::time::Instant::now();
-        audit_pg::pruned_leaves::retain(&tx, name).await?;
-        let keep_leaves_s = t_leaves.elapsed().as_secs_f64();
-        tx.batch_execute(&format!("DROP TABLE {t}")).await.map_err(pg)?;
-        insert_log(&tx, &self.actor, run_id, "dropped", item, item.detail.as_deref()).await?;
-        tx.commit().await.map_err(pg)?;
-        Ok(DropOutcome::Dropped(Some(keep_leaves_s)))
+        client.batch_execute(&format!("DROP TABLE {}", quote_ident(name))).await.map_err(pg)?;
+        insert_log(client, &self.actor, run_id, "dropped", item, item.detail.as_deref()).await?;
+        client.batch_execute("COMMIT").await.map_err(pg)?;
+        // COMMIT of a transaction that failed underway answers ROLLBACK, not an error: confirm the drop.
+        if dropped_by(client, run_id, name).await? {
+            Ok(DropOutcome::Dropped)
+        } else {
+            Err(AuditError::permanent(format!("the drop of {name} did not commit; not dropped")))
+        }
     }
 
-    /// Streams a (detached) table's events into a staged gzip NDJSON file (one [`audit_core::StoredEvent`] JSON
-    /// object per line, the form of `audit-db query` and evidence packs), then stores it in the archive. Reads one
-    /// snapshot through a cursor, a batch per call; sets `item.rows` to the number archived.
+    /// Streams a (detached, locked) table's events into a staged gzip NDJSON file (one [`audit_core::StoredEvent`]
+    /// JSON object per line, the form of `audit-db query` and evidence packs), then stores it in the archive.
+    /// Reads through a cursor inside the retention transaction `xid`, a batch per call; sets `item.rows` to the
+    /// number archived and returns what it saw for the hold re-check.
     async fn archive_table(
         &self,
         session: &Session,
         archive: &Arc<dyn Archive>,
         run_id: Uuid,
         item: &mut RetentionItem,
-    ) -> AuditResult<ArchiveReceipt> {
+        xid: i64,
+    ) -> AuditResult<(ArchiveReceipt, Seen)> {
         let file_name = format!("{}-{run_id}.ndjson.gz", item.partition);
         let staged: PathBuf = archive.staging_dir().join(format!("{file_name}.part"));
         let what = format!("archiving {}", item.partition);
         let writer = StagedWriter::create(staged)?;
-        let streamed = self.stream_events(session, &item.partition, writer, &what).await;
-        // The cursor's transaction ends either way, so the session is clean for the next step.
-        let end = if streamed.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        let what_ref = what.as_str();
-        let ended = self
-            .run(On::Session(session), |c| async move { c.batch_execute(end).await.map_err(|e| pg_error(e, what_ref)) })
-            .await;
-        let writer = streamed?;
-        ended?;
+        let (writer, seen) = self.stream_events(session, &item.partition, writer, &what, xid).await?;
         let (path, rows, sha256, bytes) = blocking(&what, move || writer.finish()).await?;
         item.rows = i64::try_from(rows).unwrap_or(i64::MAX);
         let manifest = ArchiveManifest {
@@ -198,37 +264,58 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
             run_id,
             created_at: Utc::now(),
         };
-        archive.store(&path, &manifest).await
+        Ok((archive.store(&path, &manifest).await?, seen))
     }
 
-    /// Opens the archive cursor (REPEATABLE READ, read only) and writes every row through `writer`. Each batch is
-    /// one policy call; should the policy repeat a batch whose answer was lost, rows would be missing from the
-    /// file — and the drop transaction's row count check then refuses to drop the table.
+    /// Opens the archive cursor in the retention transaction `xid` and writes every row through `writer`, noting
+    /// the organisations and classifications seen. Each batch is one policy call; should the policy repeat a batch
+    /// whose answer was lost, rows would be missing from the file — and the leaf count check then refuses to drop
+    /// the table.
     async fn stream_events(
         &self,
         session: &Session,
         table: &str,
         mut writer: StagedWriter,
         what: &str,
-    ) -> AuditResult<StagedWriter> {
+        xid: i64,
+    ) -> AuditResult<(StagedWriter, Seen)> {
         let on = On::Session(session);
-        let open = format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
-             DECLARE {ARCHIVE_CURSOR} NO SCROLL CURSOR FOR SELECT {EVENT_COLUMNS} FROM {}",
-            quote_ident(table)
-        );
+        let open =
+            format!("DECLARE {ARCHIVE_CURSOR} NO SCROLL CURSOR FOR SELECT {EVENT_COLUMNS} FROM {}", quote_ident(table));
         let open = open.as_str();
-        self.run(on, |c| async move { c.batch_execute(open).await.map_err(|e| pg_error(e, what)) }).await?;
+        self.run(on, |c| async move {
+            require_transaction(&c, xid, table).await?;
+            c.batch_execute(open).await.map_err(|e| pg_error(e, what))
+        })
+        .await?;
         let fetch = format!("FETCH FORWARD {ARCHIVE_BATCH} FROM {ARCHIVE_CURSOR}");
         let fetch = fetch.as_str();
+        let mut seen = Seen::default();
         loop {
             let rows =
                 self.run(on, |c| async move { c.query(fetch, &[]).await.map_err(|e| pg_error(e, what)) }).await?;
             if rows.is_empty() {
-                return Ok(writer);
+                break;
             }
+            note_seen(&mut seen, &rows, what)?;
             writer = blocking(what, move || write_rows(writer, &rows)).await?;
         }
+        let close = format!("CLOSE {ARCHIVE_CURSOR}");
+        let close = close.as_str();
+        self.run(on, |c| async move { c.batch_execute(close).await.map_err(|e| pg_error(e, what)) }).await?;
+        Ok((writer, seen))
+    }
+
+    /// Attaches a detached partition again (a hold was placed while it was being dropped).
+    async fn reattach(&self, session: &Session, item: &RetentionItem) -> AuditResult<()> {
+        let sql = format!(
+            "{};\nALTER TABLE {PARENT_TABLE} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({});",
+            self.set_local_lock_timeout(),
+            quote_ident(&item.partition),
+            ts_literal(item.range_from),
+            ts_literal(item.range_to)
+        );
+        self.batch(On::Session(session), &format!("re-attaching {}", item.partition), &sql).await
     }
 
     /// Finishes partitions a previous run left half-done: completes pending detaches, then archives and drops
@@ -252,6 +339,43 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
         }
         Ok(items)
     }
+}
+
+/// Whether the session is still inside transaction `xid` (the retention transaction of a table).
+async fn in_transaction(client: &Client, xid: i64) -> AuditResult<bool> {
+    let current: Option<i64> = client
+        .query_one("SELECT txid_current_if_assigned()", &[])
+        .await
+        .map_err(|e| pg_error(e, "checking the retention transaction"))?
+        .get(0);
+    Ok(current == Some(xid))
+}
+
+/// Fails unless the session is still inside transaction `xid`: a step of the retention of `name` must never run
+/// on its own (outside the lock that keeps the table unchanged).
+async fn require_transaction(client: &Client, xid: i64, name: &str) -> AuditResult<()> {
+    if in_transaction(client, xid).await? {
+        Ok(())
+    } else {
+        Err(AuditError::permanent(format!("the retention transaction of {name} ended underway; not dropped")))
+    }
+}
+
+/// Adds the organisations and classifications of `rows` (archive cursor rows) to `seen`.
+fn note_seen(seen: &mut Seen, rows: &[Row], what: &str) -> AuditResult<()> {
+    let col = |e: tokio_postgres::Error| AuditError::integrity(format!("{what}: {e}")).with_source(e);
+    for r in rows {
+        if let Some(org) = r.try_get::<_, Option<&str>>("organization_id").map_err(col)?
+            && !seen.organizations.contains(org)
+        {
+            seen.organizations.insert(org.to_owned());
+        }
+        let class: &str = r.try_get("data_classification").map_err(col)?;
+        if !seen.classifications.contains(class) {
+            seen.classifications.insert(class.to_owned());
+        }
+    }
+    Ok(())
 }
 
 /// Whether run `run_id` dropped `name` already (a repeated attempt whose first commit's answer was lost).

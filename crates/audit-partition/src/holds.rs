@@ -1,5 +1,7 @@
 //! Legal holds: while one is active, no partition holding a row of its organisation or classification is dropped.
 
+use std::collections::BTreeSet;
+
 use audit_core::{AuditError, AuditResult, DataClassification, ResiliencePolicy};
 use audit_pg::{pg_error, quote_ident};
 use chrono::{DateTime, Utc};
@@ -139,6 +141,28 @@ pub(crate) async fn holds_on<C: GenericClient + Sync>(client: &C, table: &str) -
         .query(holds_sql(table).as_str(), &[])
         .await
         .map_err(|e| pg_error(e, &format!("checking legal holds on {table}")))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Ids of the active legal holds on any of these organisations or classifications — what the archive pass saw in
+/// a table, so the drop re-checks holds without reading the table again. Matches as [`holds_on`] does.
+pub(crate) async fn holds_matching<C: GenericClient + Sync>(
+    client: &C,
+    organizations: &BTreeSet<String>,
+    classifications: &BTreeSet<String>,
+) -> AuditResult<Vec<i64>> {
+    let organizations: Vec<&str> = organizations.iter().map(String::as_str).collect();
+    let classifications: Vec<&str> = classifications.iter().map(String::as_str).collect();
+    Ok(client
+        .query(
+            "SELECT id FROM audit_legal_holds WHERE released_at IS NULL \
+             AND (organization_id = ANY($1) OR data_classification = ANY($2)) ORDER BY id",
+            &[&organizations, &classifications],
+        )
+        .await
+        .map_err(|e| pg_error(e, "re-checking legal holds"))?
         .iter()
         .map(|r| r.get(0))
         .collect())

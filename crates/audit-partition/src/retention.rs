@@ -8,10 +8,13 @@
 //! - A partition expires when its newest possible row (its exclusive upper bound) is older than the longest
 //!   retention of the rows it holds (an empty partition: the configured `retention_days`).
 //! - A partition holding a row of an organisation or classification under an active legal hold is never dropped.
-//! - Order for each expired partition: log `detaching` → `DETACH … CONCURRENTLY` → archive (gzip NDJSON +
-//!   SHA-256 manifest; each line a `StoredEvent` in its JSON form) → one transaction: check the row count against the archive, re-check holds, copy
-//!   `(organization_id, seq, leaf_hash)` into `audit_log_pruned_leaves`, `DROP TABLE`, log `dropped`. A run that
-//!   died half-way is finished by the next run (detach `FINALIZE`, then archive and drop of detached leftovers).
+//! - Order for each expired partition: log `detaching` → `DETACH … CONCURRENTLY` → one transaction on the
+//!   detached table, which it locks ACCESS EXCLUSIVE before reading it (nothing can be written into it between
+//!   archive and drop): archive (gzip NDJSON + SHA-256 manifest; each line a `StoredEvent` in its JSON form,
+//!   counted as it is written), copy `(organization_id, seq, leaf_hash)` into `audit_log_pruned_leaves` (exactly
+//!   one leaf per archived row, or nothing is dropped), re-check holds against the organisations and
+//!   classifications the archive saw, `DROP TABLE`, log `dropped`. A run that died half-way is finished by the
+//!   next run (detach `FINALIZE`, then archive and drop of detached leftovers).
 //!   The stages are in `drop.rs`; a real run does all of them on one maintenance session.
 
 use std::collections::BTreeMap;
@@ -82,11 +85,13 @@ pub enum RetentionAction {
 pub struct DropTimings {
     /// `DETACH PARTITION … CONCURRENTLY` (and `FINALIZE` when resumed).
     pub detach_s: Option<f64>,
-    /// Streaming the rows to the gzip NDJSON archive and storing it with its manifest.
+    /// Streaming the (locked) detached table's rows to the gzip NDJSON archive, stored with its manifest.
     pub archive_s: Option<f64>,
-    /// The drop transaction: row count, hold check, copy of the leaf hashes into audit_log_pruned_leaves, DROP.
+    /// The drop itself, at the end of the retention transaction: hold re-check (against what the archive saw),
+    /// `DROP TABLE`, the `dropped` record, COMMIT. Reads no row of the table.
     pub drop_transaction_s: Option<f64>,
-    /// The part of the drop transaction that copies the leaf hashes (what integrity needs of dropped rows).
+    /// Copying the leaf hashes into audit_log_pruned_leaves (what integrity needs of dropped rows), which also
+    /// checks that there is one per archived row; before the drop, in the same transaction.
     pub keep_leaves_s: Option<f64>,
 }
 
@@ -317,7 +322,8 @@ async fn retention_classes<C: GenericClient + Sync>(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
 }
 
-/// Appends one record to `audit_retention_log` (on a connection or inside the drop transaction).
+/// Appends one record to `audit_retention_log` (on a connection or inside the drop transaction), stamped with the
+/// time of writing (`clock_timestamp()`: the drop's transaction began before its archive).
 pub(crate) async fn insert_log<C: GenericClient + Sync>(
     client: &C,
     actor: &str,
@@ -331,8 +337,8 @@ pub(crate) async fn insert_log<C: GenericClient + Sync>(
     client
         .execute(
             "INSERT INTO audit_retention_log (run_id, action, partition_name, range_from, range_to, \
-             retention_days, row_count, archive_path, manifest_path, archive_sha256, detail, recorded_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             retention_days, row_count, archive_path, manifest_path, archive_sha256, detail, recorded_by, \
+             recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, clock_timestamp())",
             &[
                 &run_id,
                 &action,

@@ -630,6 +630,66 @@ async fn an_interrupted_drop_is_finished_by_the_next_run() {
     assert_eq!(archive_files(fx.archive.path()).len(), 2, "data file and manifest");
 }
 
+/// A directory archive that, while it stores a partition's file (after every row was read, before the drop),
+/// tries to write one more row into the detached table by name, as a stray writer could.
+struct WriterDuringStore {
+    inner: audit_partition::DirArchive,
+    url: String,
+    write: std::sync::Mutex<Option<Result<u64, String>>>,
+}
+
+impl audit_partition::Archive for WriterDuringStore {
+    fn staging_dir(&self) -> std::path::PathBuf {
+        self.inner.staging_dir()
+    }
+
+    fn store<'a>(
+        &'a self,
+        staged: &'a std::path::Path,
+        manifest: &'a audit_partition::ArchiveManifest,
+    ) -> audit_partition::ArchiveFuture<'a, audit_partition::ArchiveReceipt> {
+        Box::pin(async move {
+            let c = audit_testkit::sql(&self.url).await;
+            c.batch_execute("SET lock_timeout = '300ms'").await.unwrap();
+            let sql = format!(
+                "INSERT INTO {} (event_id, \"timestamp\", ingested_at, action, status, seq, leaf_hash, \
+                 organization_id, data_classification, retention_policy) \
+                 VALUES (gen_random_uuid(), $1, now(), 'late.write', 'success', 999, sha256('late'), 'acme', \
+                 'INTERNAL', 'standard')",
+                manifest.partition
+            );
+            let res = c.execute(sql.as_str(), &[&manifest.range_from]).await;
+            *self.write.lock().unwrap() =
+                Some(res.map_err(|e| e.code().map(|c| c.code().to_string()).unwrap_or_default()));
+            self.inner.store(staged, manifest).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_row_written_into_the_detached_table_during_its_archive_is_refused_not_lost() {
+    let (fx, mgr) = retention_fixture().await;
+    let archive = Arc::new(WriterDuringStore {
+        inner: audit_partition::DirArchive::new(fx.archive.path()),
+        url: fx.db.db.url.clone(),
+        write: std::sync::Mutex::new(None),
+    });
+    let mgr = mgr.with_archive(archive.clone());
+    let report = mgr.retention(false).await.unwrap();
+    let write = archive.write.lock().unwrap().clone().expect("the archive was stored");
+    // The table is locked from the archive's first read to the drop: the stray write waits and times out.
+    assert_eq!(write, Err(SqlState::LOCK_NOT_AVAILABLE.as_str().to_string()), "{report:?}");
+    let item = report.items.iter().find(|i| i.partition == fx.old.table_name()).unwrap();
+    assert_eq!((item.action, item.rows), (RetentionAction::Dropped, 32), "{report:?}");
+    let c = fx.db.client().await;
+    let n: i64 = c.query_one("SELECT count(*) FROM audit_log_pruned_leaves", &[]).await.unwrap().get(0);
+    assert_eq!(n, 32, "one kept leaf per archived row");
+    let t = &item.timings;
+    assert!(
+        t.detach_s.is_some() && t.archive_s.is_some() && t.keep_leaves_s.is_some() && t.drop_transaction_s.is_some()
+    );
+}
+
 #[tokio::test]
 async fn background_maintenance_creates_the_premade_partitions() {
     let db = Db::new().await;

@@ -87,11 +87,20 @@ pub fn build_query<Q: QueryFragment<Pg>>(query: &Q) -> AuditResult<BuiltQuery> {
 }
 
 impl BuiltQuery {
+    /// The parameter types the statement is prepared with (as diesel declared them).
+    pub fn types(&self) -> &[Type] {
+        &self.types
+    }
+
+    /// The encoded parameters, in placeholder order, for executing the statement prepared with [`Self::types`].
+    pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect()
+    }
+
     /// Runs the query as a (cached) prepared statement and returns its rows. `what` names the operation in errors.
     pub async fn fetch(&self, conn: &mut PgConn, what: &str) -> AuditResult<Vec<tokio_postgres::Row>> {
         let stmt = conn.prepare_cached(&self.sql, &self.types).await.map_err(|e| e.context(what))?;
-        let params: Vec<&(dyn ToSql + Sync)> = self.binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
-        conn.query(&stmt, &params).await.map_err(|e| pg_error(e, what))
+        conn.query(&stmt, &self.params()).await.map_err(|e| pg_error(e, what))
     }
 
     /// Runs the query and returns its single row, or `None`.

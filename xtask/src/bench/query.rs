@@ -445,13 +445,32 @@ pub(crate) async fn run(ctx: &Ctx, ds: &Dataset) -> anyhow::Result<Vec<Measure>>
     let mut nocache_cfg = base_cfg.clone();
     nocache_cfg.cache.enabled = false;
     let client = client_with(&nocache_cfg, &url, NoCache).await?;
+    // The raw baseline of the ratio: the very statement the client sends for each kind (SQL text and encoded
+    // parameters from audit_client::query_statement), prepared once on a connection opened with the client's own
+    // connection options (same session settings, default plan_cache_mode), rows fetched but not decoded.
+    let same = audit_pg::Connector::new(&url, nocache_cfg.database.connect_options("primary"))?.connect().await?;
+    let mut exact = HashMap::new();
+    let mut exact_sql = HashMap::new();
+    for k in Kind::ALL {
+        let built = audit_client::query_statement(&filter(k, 0, now))?;
+        let stmt =
+            same.prepare_typed(&built.sql, built.types()).await.with_context(|| format!("preparing {}", k.name()))?;
+        exact.insert(k.name(), stmt);
+        exact_sql.insert(k.name(), built.sql.clone());
+    }
     let mut rows_seen: HashMap<&'static str, usize> = HashMap::new();
     for k in Kind::ALL {
         for v in 0..k.variants() {
-            let (_, _, n) = timed_query(&client, &filter(k, v, now)).await?;
+            let f = filter(k, v, now);
+            let (_, _, n) = timed_query(&client, &f).await?;
             *rows_seen.entry(k.name()).or_default() += n;
             let p = params(k, v, now);
             raw.query(&stmts[k.name()], &refs(&p)).await?;
+            let built = audit_client::query_statement(&f)?;
+            if built.sql != exact_sql[k.name()] {
+                anyhow::bail!("{} variant {v} builds different SQL from variant 0: {}", k.name(), built.sql);
+            }
+            same.query(&exact[k.name()], &built.params()).await?;
         }
     }
     for k in Kind::ALL {
@@ -459,26 +478,83 @@ pub(crate) async fn run(ctx: &Ctx, ds: &Dataset) -> anyhow::Result<Vec<Measure>>
             progress(format!("warning: {} returns no rows on this data set", k.name()));
         }
     }
-    let (mut cand, mut base) = (Samples::default(), Samples::default());
+    // Three sides interleaved per query, their order rotating, so that load on the shared machine affects each
+    // alike: the client, the exact statement raw (the ratio's baseline), and the bench's hand-written SQL with a
+    // custom plan per execution (the earlier baseline, kept for comparison).
+    let (mut cand, mut base, mut hand) = (Samples::default(), Samples::default(), Samples::default());
     for it in 0..iters {
         for k in Kind::ALL {
             let v = it % k.variants();
             let f = filter(k, v, now);
             let p = params(k, v, now);
-            let run_raw = || async {
+            let built = audit_client::query_statement(&f)?;
+            let run_exact = || async {
+                let t = Instant::now();
+                same.query(&exact[k.name()], &built.params()).await?;
+                Ok::<_, anyhow::Error>(t.elapsed())
+            };
+            let run_hand = || async {
                 let t = Instant::now();
                 raw.query(&stmts[k.name()], &refs(&p)).await?;
                 Ok::<_, anyhow::Error>(t.elapsed())
             };
-            if it.is_multiple_of(2) {
-                cand.push(k, us(timed_query(&client, &f).await?.0));
-                base.push(k, us(run_raw().await?));
-            } else {
-                base.push(k, us(run_raw().await?));
-                cand.push(k, us(timed_query(&client, &f).await?.0));
+            match it % 3 {
+                0 => {
+                    cand.push(k, us(timed_query(&client, &f).await?.0));
+                    base.push(k, us(run_exact().await?));
+                    hand.push(k, us(run_hand().await?));
+                }
+                1 => {
+                    base.push(k, us(run_exact().await?));
+                    hand.push(k, us(run_hand().await?));
+                    cand.push(k, us(timed_query(&client, &f).await?.0));
+                }
+                _ => {
+                    hand.push(k, us(run_hand().await?));
+                    cand.push(k, us(timed_query(&client, &f).await?.0));
+                    base.push(k, us(run_exact().await?));
+                }
             }
         }
     }
+    let mut by_kind = serde_json::Map::new();
+    let mut worst: Option<(f64, &'static str, f64, f64)> = None;
+    for k in Kind::ALL {
+        let (Some(c), Some(b)) = (cand.by_kind.get(k.name()), base.by_kind.get(k.name())) else { continue };
+        let (c50, b50) = (percentile(c, 50.0) / 1e3, percentile(b, 50.0) / 1e3);
+        let r = c50 / b50;
+        by_kind.insert(k.name().into(), json!({"ratio": r, "client_p50_ms": c50, "raw_p50_ms": b50}));
+        if worst.is_none_or(|w| r > w.0) {
+            worst = Some((r, k.name(), c50, b50));
+        }
+    }
+    let (c_all, e_all) = (cand.all(), base.all());
+    let overall = percentile(&c_all, 50.0) / percentile(&e_all, 50.0);
+    let ratio_measure = match worst {
+        Some((r, kind, c50, b50)) => {
+            progress(format!("client ÷ raw SQL p50: worst {kind} {r:.3}, over all kinds {overall:.3}"));
+            Measure::new("query_uncached_ratio_vs_raw_sql", r, "ratio", c50, b50, Some(Target::at_most(1.1)))
+                .raw_unit("ms")
+                .note(format!(
+                    "value = the worst kind's ({kind}) p50 of AuditClient::query (cache off) ÷ p50 of the very SQL it \
+                     sends, prepared once and run raw on the same session settings, interleaved; all kinds pooled: \
+                     {overall:.3}"
+                ))
+                .details(json!({
+                    "by_kind": by_kind,
+                    "overall_p50_ratio": overall,
+                    "sql_by_kind": exact_sql.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                    "baseline": "audit_client::query_statement(filter): the client's SQL text and encoded parameters, \
+                                 prepare_typed once per kind on a connection with the client's connect options, \
+                                 rows fetched, not decoded",
+                    "candidate": "AuditClient::query with audit_core::NoCache and the product's database policy",
+                }))
+        }
+        None => {
+            Measure::unmeasured("query_uncached_ratio_vs_raw_sql", "ratio", Some(Target::at_most(1.1)), "no samples")
+        }
+    };
+    measures.push(ratio_measure);
     // --- per kind and age: sealed partitions vs the partition still being written (client, cache off) -----------
     let written_from = audit_partition::Period::of(ds.app.config.partition.interval, now).start();
     let mut age_measures = Vec::new();
@@ -537,7 +613,7 @@ pub(crate) async fn run(ctx: &Ctx, ds: &Dataset) -> anyhow::Result<Vec<Measure>>
         }
     }
     drop(client);
-    let (c_all, b_all) = (cand.all(), base.all());
+    let b_all = base.all();
     let unc_p50_us = percentile(&c_all, 50.0);
     progress(format!(
         "cache off: p50 {:.3} ms, p99 {:.3} ms (raw prepared statement p50 {:.3} ms) over {} queries",
@@ -551,9 +627,13 @@ pub(crate) async fn run(ctx: &Ctx, ds: &Dataset) -> anyhow::Result<Vec<Measure>>
         "iterations_per_kind": iters,
         "candidate_by_kind_ms": cand.summary(1e3),
         "baseline_by_kind_ms": base.summary(1e3),
+        "handwritten_custom_plan_by_kind_ms": hand.summary(1e3),
         "rows_per_variant": rows_seen.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "candidate": "AuditClient::query with audit_core::NoCache and the product's database policy",
-        "baseline": "the equivalent SQL as a raw tokio-postgres prepared statement (rows fetched, not decoded)",
+        "baseline": "the client's own SQL and parameters (audit_client::query_statement) as a raw tokio-postgres \
+                     prepared statement on the client's session settings (rows fetched, not decoded); \
+                     handwritten_custom_plan_by_kind_ms = the bench's equivalent SQL with plan_cache_mode = \
+                     force_custom_plan, the earlier baseline",
     });
     for (name, q, target) in [("query_uncached_p50_ms", 50.0, 1.0), ("query_uncached_p99_ms", 99.0, 5.0)] {
         let (c, b) = (percentile(&c_all, q) / 1e3, percentile(&b_all, q) / 1e3);

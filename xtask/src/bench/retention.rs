@@ -188,9 +188,9 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Measure>> {
         (Some(d), Some(x)) => json!({
             "detach_and_archive_s": x - d,
             "note": "detach_and_archive = from the `detaching` record to the start of the drop transaction \
-                     (DETACH CONCURRENTLY + gzip NDJSON archive with manifest); the rest of the total is planning \
-                     (a GROUP BY scan of each old partition) and the drop transaction (row count, hold check, \
-                     copy of every leaf hash into audit_log_pruned_leaves, DROP TABLE)",
+                     (DETACH CONCURRENTLY, then in one transaction on the locked table: gzip NDJSON archive with \
+                     manifest, copy of every leaf hash into audit_log_pruned_leaves); the rest of the total is \
+                     planning (a GROUP BY scan of each old partition) and the drop (hold re-check, DROP TABLE, log)",
         }),
         _ => Value::Null,
     };
@@ -212,9 +212,11 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Measure>> {
     let tm = &dropped[0].timings;
     let detach_s = tm.detach_s.unwrap_or(f64::NAN);
     let archive_s = tm.archive_s.unwrap_or(f64::NAN);
-    let keep_leaves_s = tm.keep_leaves_s.unwrap_or(0.0);
+    let keep_leaves_s = tm.keep_leaves_s.unwrap_or(f64::NAN);
     let drop_tx_s = tm.drop_transaction_s.unwrap_or(f64::NAN);
-    let detach_drop_s = detach_s + (drop_tx_s - keep_leaves_s);
+    // The manager times the drop itself (hold re-check, DROP TABLE, log, COMMIT) apart from the archive and the
+    // leaf-hash copy that precede it in the same transaction.
+    let detach_drop_s = detach_s + drop_tx_s;
     let archive_rate = n as f64 / archive_s;
     let mut measures = vec![
         Measure::new(
@@ -228,8 +230,8 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Measure>> {
         .raw_unit("s")
         .note(
             "value = (DELETE + VACUUM of the month on an ordinary table with the same rows and indexes) s ÷ \
-             (DETACH CONCURRENTLY + drop transaction without the leaf-hash copy) s of PartitionManager::retention; \
-             archive and kept leaf hashes excluded (both in details)",
+             (DETACH CONCURRENTLY + the drop: hold re-check, DROP TABLE, log, COMMIT) s of \
+             PartitionManager::retention; archive and kept leaf hashes excluded (both in details)",
         )
         .details(json!({
             "rows": n,
