@@ -14,13 +14,14 @@ use audit_core::event::StoredEvent;
 use std::future::Future;
 use std::sync::Arc;
 
-use audit_core::{AuditError, AuditResult, Direct, ErrorKind, ResiliencePolicy};
+use audit_core::{AuditError, AuditResult, Direct, ErrorKind, ResiliencePolicy, SqlState};
 use audit_pg::{EVENT_COLUMNS, PgPool, PooledConn, pg_error, stored_event_from_row};
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use postgres_types::ToSql;
 use serde::Serialize;
 use tokio_postgres::Row;
+
 use uuid::Uuid;
 
 use crate::{
@@ -439,8 +440,19 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
     }
 
     /// Stores completed nodes (`level >= TILE_HEIGHT`) of a log. Idempotent: a node is a function of the leaves
-    /// below it, so a node already stored is left alone.
+    /// below it, so a node already stored is left alone. A database not yet migrated to `audit_log_nodes` stores
+    /// nothing (its proofs compute the nodes from the leaves until it is).
     async fn store_nodes(&self, log_id: &str, nodes: &[(u32, u64, Hash)]) -> AuditResult<()> {
+        match self.insert_nodes(log_id, nodes).await {
+            Err(e) if e.sqlstate() == Some(SqlState::UNDEFINED_TABLE) => {
+                tracing::warn!(log_id, "audit_log_nodes does not exist yet (run `audit-db migrate`): nodes not stored");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn insert_nodes(&self, log_id: &str, nodes: &[(u32, u64, Hash)]) -> AuditResult<()> {
         for batch in nodes.chunks(NODE_BATCH) {
             let levels: Vec<i16> = batch.iter().map(|n| n.0 as i16).collect();
             let idx: Vec<i64> = batch.iter().map(|n| n.1 as i64).collect();
@@ -468,7 +480,7 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
         }
         let levels: Vec<i16> = wanted.iter().map(|n| n.0 as i16).collect();
         let idx: Vec<i64> = wanted.iter().map(|n| n.1 as i64).collect();
-        let rows = self
+        let rows = match self
             .rows(
                 "reading Merkle nodes",
                 "SELECT n.level, n.idx, n.hash FROM audit_log_nodes n \
@@ -476,7 +488,11 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
                  WHERE n.log_id = $1",
                 params![log_id.to_string(), levels, idx],
             )
-            .await?;
+            .await
+        {
+            Err(e) if e.sqlstate() == Some(SqlState::UNDEFINED_TABLE) => return Ok(Default::default()),
+            other => other?,
+        };
         rows.iter()
             .map(|r| {
                 let (level, idx): (i16, i64) = (r.get(0), r.get(1));
@@ -492,7 +508,12 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
     /// Computes and stores every node (`level >= TILE_HEIGHT`) of `[0, size)` from the stored leaves, read in
     /// chunks — once, for a log sealed before `audit_log_nodes` existed. Stores nothing unless the leaves hash to the
     /// signed `root`, so a tampered log never yields nodes that look trustworthy.
-    async fn fill_nodes(&self, log_id: &str, size: i64, root: Hash) -> AuditResult<()> {
+    async fn fill_nodes(
+        &self,
+        log_id: &str,
+        size: i64,
+        root: Hash,
+    ) -> AuditResult<std::collections::HashMap<(u32, u64), Hash>> {
         let mut range = CompactRange::new();
         let mut nodes = Vec::new();
         let mut next = 0;
@@ -513,7 +534,8 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
             )));
         }
         tracing::info!(log_id, size, nodes = nodes.len(), "stored the Merkle nodes of a log sealed without them");
-        self.store_nodes(log_id, &nodes).await
+        self.store_nodes(log_id, &nodes).await?;
+        Ok(nodes.into_iter().map(|(l, i, h)| ((l, i), h)).collect())
     }
 
     /// The part of the tree of `[0, size)` that the node reads `planned` need: stored nodes and at most a couple of
@@ -529,8 +551,8 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
         let (wanted, tiles) = TiledTree::needs(planned);
         let mut nodes = self.stored_nodes(log_id, &wanted).await?;
         if nodes.len() < wanted.len() {
-            self.fill_nodes(log_id, size, root).await?;
-            nodes = self.stored_nodes(log_id, &wanted).await?;
+            let all = self.fill_nodes(log_id, size, root).await?;
+            nodes = wanted.iter().filter_map(|k| all.get(k).map(|h| (*k, *h))).collect();
         }
         let mut tree = TiledTree { nodes, tiles: Default::default() };
         for t in tiles {
