@@ -344,3 +344,160 @@ async fn the_client_can_seal_logs_on_an_interval() {
     task.abort();
     assert!(store.verify(&signer.verifier(), None, false, &|_| {}).await.unwrap().findings.is_empty());
 }
+
+/// Every leaf hash of a log in order, straight from SQL (the test's own reading, independent of the store).
+async fn all_leaves(pg: &tokio_postgres::Client, org: &str, size: i64) -> Vec<[u8; 32]> {
+    pg.query("SELECT leaf_hash FROM audit_log WHERE organization_id = $1 AND seq < $2 ORDER BY seq", &[&org, &size])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, &[u8]>(0).try_into().unwrap())
+        .collect()
+}
+
+async fn event_at(pg: &tokio_postgres::Client, org: &str, seq: i64) -> Uuid {
+    pg.query_one("SELECT event_id FROM audit_log WHERE organization_id = $1 AND seq = $2", &[&org, &seq])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn hashes(hex_list: &[String]) -> Vec<[u8; 32]> {
+    hex_list.iter().map(|h| hex::decode(h).unwrap().try_into().unwrap()).collect()
+}
+
+/// Issue 17: a proof reads stored nodes and at most two tiles of leaves, never the whole log, and gives exactly the
+/// proof the in-memory tree gives — for sizes that are and are not powers of two, size 1, the last leaf, and across
+/// several checkpoints; a database whose node rows are missing (sealed before migration 000110) fills them once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proofs_from_stored_nodes_equal_the_whole_tree_and_read_a_bounded_number_of_rows() {
+    use audit_integrity::MerkleTree;
+    let (db, client) = setup("integ_nodes").await;
+    let pg = sql(&db.url).await;
+    let store = support::integrity(&db.url);
+    let signer = NoteSigner::generate("k").unwrap();
+    let v = signer.verifier();
+
+    // One event in its own log: a tree of size 1 (empty audit path).
+    client.insert_batch(events(&[Some("tiny")], 1)).await.unwrap();
+    let mut sizes = Vec::new();
+    let mut total = 0usize;
+    for grow in [1usize, 255, 1, 300, 467, 1024, 1000] {
+        client.insert_batch(events(&[Some("big")], grow)).await.unwrap();
+        total += grow;
+        store.checkpoint(&signer, None, Utc::now()).await.unwrap();
+        sizes.push(total as i64);
+        let size = total as i64;
+        let leaves = all_leaves(&pg, "big", size).await;
+        let tree = MerkleTree::new(&leaves);
+        let n = size as u64;
+        let mut picks: Vec<u64> = vec![0, 1, 127, 255, 256, 257, n / 2, n.saturating_sub(2), n - 1];
+        picks.retain(|m| *m < n);
+        picks.dedup();
+        for m in picks {
+            let p = store.inclusion_proof(&v, event_at(&pg, "big", m as i64).await).await.unwrap();
+            assert_eq!((p.seq, p.tree_size), (m as i64, size));
+            assert_eq!(hashes(&p.proof), tree.inclusion_proof(m), "size {size}, leaf {m}");
+            assert_eq!(p.root_hash, hex::encode(tree.root()));
+        }
+        for &old in &sizes {
+            let c = store.consistency_proof(&v, "big", Some(old), Some(size)).await.unwrap();
+            assert_eq!(hashes(&c.proof), tree.consistency_proof(old as u64), "{old} → {size}");
+        }
+    }
+    let size = total as i64;
+    let tiny = store.inclusion_proof(&v, event_at(&pg, "tiny", 0).await).await.unwrap();
+    assert!(tiny.proof.is_empty() && tiny.tree_size == 1);
+    assert!(verify_inclusion(&hex32(&tiny.leaf_hash), 0, 1, &[], &hex32(&tiny.root_hash)));
+
+    // Stored nodes: every complete aligned subtree of 256 leaves or more, and nothing below.
+    let nodes: i64 = pg
+        .query_one("SELECT count(*) FROM audit_log_nodes WHERE log_id = 'big' AND level >= 8", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let want: u64 = (8..16).map(|h| (size as u64) >> h).sum();
+    assert_eq!(nodes as u64, want);
+
+    // What a proof reads: the event, the checkpoints, O(log n) nodes and at most two tiles of leaves — far fewer
+    // rows than the log holds (the whole-tree method read all of them).
+    let bounded = 1 + sizes.len() as u64 + 2 * 12 + 2 * 256;
+    assert!(bounded < size as u64 / 2, "the log is large enough for the bound to mean something");
+    for m in [0, 700, size - 1] {
+        let id = event_at(&pg, "big", m).await;
+        let before = store.rows_read();
+        store.inclusion_proof(&v, id).await.unwrap();
+        let read = store.rows_read() - before;
+        assert!(read <= bounded, "an inclusion proof of leaf {m} read {read} rows (bound {bounded}, log {size})");
+    }
+    let before = store.rows_read();
+    store.consistency_proof(&v, "big", Some(sizes[3]), None).await.unwrap();
+    let read = store.rows_read() - before;
+    assert!(read <= bounded, "a consistency proof read {read} rows (bound {bounded}, log {size})");
+
+    // A database upgraded from before the node table: the first proof fills the nodes once, the next is bounded.
+    pg.batch_execute("DELETE FROM audit_log_nodes").await.unwrap();
+    let id = event_at(&pg, "big", 1234).await;
+    let first = store.inclusion_proof(&v, id).await.unwrap();
+    let again_before = store.rows_read();
+    let again = store.inclusion_proof(&v, id).await.unwrap();
+    assert!(store.rows_read() - again_before <= bounded);
+    assert_eq!(first.proof, again.proof);
+    let refilled: i64 =
+        pg.query_one("SELECT count(*) FROM audit_log_nodes WHERE log_id = 'big'", &[]).await.unwrap().get(0);
+    assert_eq!(refilled as u64, want);
+}
+
+fn hex32(s: &str) -> [u8; 32] {
+    hex::decode(s).unwrap().try_into().unwrap()
+}
+
+/// Tampering still makes a proof fail with an integrity error: a changed leaf hash in the proof's tile, a changed
+/// stored node on its path, the target event's own content, and leaves tampered before the nodes were filled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_over_tampered_leaves_or_nodes_is_an_integrity_error() {
+    use audit_core::ErrorKind;
+    let (db, client) = setup("integ_nodes_tamper").await;
+    let pg = sql(&db.url).await;
+    let store = support::integrity(&db.url);
+    let signer = NoteSigner::generate("k").unwrap();
+    let v = signer.verifier();
+    client.insert_batch(events(&[Some("o")], 1100)).await.unwrap();
+    store.checkpoint(&signer, None, Utc::now()).await.unwrap();
+    let integrity = |r: Result<_, audit_core::AuditError>| match r {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Integrity, "{e}"),
+        Ok(_) => panic!("a proof over tampered data was returned"),
+    };
+    pg.batch_execute("SET session_replication_role = replica").await.unwrap();
+
+    // A leaf hash in the tile of leaf 10 (positions 0..256).
+    let target = event_at(&pg, "o", 10).await;
+    store.inclusion_proof(&v, target).await.unwrap();
+    pg.batch_execute(
+        "UPDATE audit_log SET leaf_hash = decode(repeat('00', 32), 'hex') WHERE organization_id = 'o' AND seq = 20",
+    )
+    .await
+    .unwrap();
+    integrity(store.inclusion_proof(&v, target).await);
+
+    // A stored node on the path of leaf 600: the right sibling of tile 2 is node (8, 3).
+    let target = event_at(&pg, "o", 600).await;
+    store.inclusion_proof(&v, target).await.unwrap();
+    pg.batch_execute("UPDATE audit_log_nodes SET hash = sha256(hash) WHERE log_id = 'o' AND level = 8 AND idx = 3")
+        .await
+        .unwrap();
+    integrity(store.inclusion_proof(&v, target).await);
+
+    // The target's own content (its leaf hash left as it was).
+    let target = event_at(&pg, "o", 1050).await;
+    store.inclusion_proof(&v, target).await.unwrap();
+    pg.execute("UPDATE audit_log SET action = 'forged' WHERE event_id = $1", &[&target]).await.unwrap();
+    integrity(store.inclusion_proof(&v, target).await);
+
+    // Nodes missing and a leaf far from the target changed: the fill checks the signed root and stores nothing.
+    pg.batch_execute("DELETE FROM audit_log_nodes").await.unwrap();
+    let target = event_at(&pg, "o", 900).await;
+    integrity(store.inclusion_proof(&v, target).await);
+    let stored: i64 = pg.query_one("SELECT count(*) FROM audit_log_nodes", &[]).await.unwrap().get(0);
+    assert_eq!(stored, 0, "no node is stored from leaves that do not hash to the signed root");
+}

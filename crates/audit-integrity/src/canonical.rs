@@ -8,9 +8,11 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::IntegrityError;
 use super::merkle::Hash;
 use audit_core::event::{NewEvent, StoredEvent, format_timestamp};
 use audit_core::validate::pg_numeric_text;
+use audit_pg::RawEventRow;
 
 /// Domain separation prefix that opens every canonical form; bumping `v1` changes every leaf.
 pub const DOMAIN: &[u8] = b"audit-db:event:v1\n";
@@ -186,10 +188,390 @@ fn write_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// The leaf hash of a row read with binary COPY ([`RawEventRow`]), byte for byte what [`leaf_hash`] gives for the
+/// same row as a [`StoredEvent`], but written straight from the row's fields: no `serde_json::Value`, no per-field
+/// `String`. `buf` is scratch space reused across rows. This is `verify`'s hot path.
+pub fn leaf_hash_raw(row: &RawEventRow<'_>, buf: &mut Vec<u8>) -> Result<Hash, IntegrityError> {
+    buf.clear();
+    buf.push(0x00);
+    write_raw(buf, row)?;
+    Ok(Sha256::digest(&buf[..]).into())
+}
+
+/// [`canonical_bytes`] of a row read with binary COPY (see [`leaf_hash_raw`]).
+pub fn canonical_bytes_raw(row: &RawEventRow<'_>) -> Result<Vec<u8>, IntegrityError> {
+    let mut out = Vec::with_capacity(512);
+    write_raw(&mut out, row)?;
+    Ok(out)
+}
+
+fn raw_text(out: &mut Vec<u8>, value: Option<&str>) {
+    field(out, value.map(str::as_bytes));
+}
+
+/// A decimal integer as a length-prefixed field.
+fn raw_int(out: &mut Vec<u8>, v: i64) {
+    let mut b = itoa::Buffer::new();
+    raw_text(out, Some(b.format(v)));
+}
+
+/// `format_timestamp` (`%Y-%m-%dT%H:%M:%S%.6fZ`) as a length-prefixed field, with the digits written by hand for
+/// years 0–9999 (every other year goes through chrono's formatter, as the reference does).
+fn raw_timestamp(out: &mut Vec<u8>, t: DateTime<Utc>) {
+    use chrono::{Datelike as _, Timelike as _};
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        raw_text(out, Some(&format_timestamp(t)));
+        return;
+    }
+    fn two(b: &mut [u8], v: u32) {
+        b[0] = b'0' + (v / 10) as u8;
+        b[1] = b'0' + (v % 10) as u8;
+    }
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    let y = year as u32;
+    two(&mut b[0..2], y / 100);
+    two(&mut b[2..4], y % 100);
+    two(&mut b[5..7], t.month());
+    two(&mut b[8..10], t.day());
+    two(&mut b[11..13], t.hour());
+    two(&mut b[14..16], t.minute());
+    two(&mut b[17..19], t.second());
+    let mut micros = t.nanosecond() / 1_000;
+    for i in (20..26).rev() {
+        b[i] = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    field(out, Some(&b));
+}
+
+fn write_raw(out: &mut Vec<u8>, r: &RawEventRow<'_>) -> Result<(), IntegrityError> {
+    out.extend_from_slice(DOMAIN);
+    let mut id = [0u8; 36];
+    raw_text(out, Some(r.event_id.hyphenated().encode_lower(&mut id)));
+    raw_timestamp(out, r.timestamp);
+    raw_timestamp(out, r.ingested_at);
+    raw_text(out, r.organization_id);
+    raw_text(out, r.principal_id);
+    raw_text(out, Some(r.action));
+    raw_text(out, Some(r.status.as_str()));
+    raw_text(out, r.target_resource_type);
+    raw_text(out, r.target_resource_id);
+    raw_text(out, r.outcome_description);
+    raw_text(out, r.correlation_id);
+    raw_text(out, Some(r.data_classification.as_str()));
+    raw_text(out, Some(r.retention_policy));
+    raw_text(out, Some(r.event_version));
+    raw_text(out, r.ttl);
+    match r.processing_latency {
+        Some(v) => raw_int(out, v.into()),
+        None => raw_text(out, None),
+    }
+    // details: the length prefix is patched in once the canonical text is written.
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    canonical_json_text(r.details, out)
+        .map_err(|e| IntegrityError::MalformedEvent(format!("event {}: details: {e}", r.event_id)))?;
+    let len = u32::try_from(out.len() - at - 4).ok().filter(|l| *l != u32::MAX).expect("field shorter than 4 GiB");
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    raw_int(out, r.id);
+    Ok(())
+}
+
+/// Appends [`canonical_json`] of the JSON object `text` to `out`, without building a `serde_json::Value`: one pass
+/// that copies strings without escapes and numbers already in PostgreSQL's numeric form as they are, and sorts each
+/// object's members by key. Input the pass does not take (invalid JSON, nesting deeper than serde_json accepts)
+/// goes through serde_json and [`canonical_json`], so the result — or the error — is always the reference's.
+pub fn canonical_json_text(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    let start = out.len();
+    let mut p = JsonPass { s: text.as_bytes(), i: 0 };
+    p.ws();
+    if p.peek() == Some(b'{') && p.value(out, 0).is_some() {
+        p.ws();
+        if p.i == p.s.len() {
+            return Ok(());
+        }
+    }
+    out.truncate(start);
+    match serde_json::from_str::<Value>(text).map_err(|e| e.to_string())? {
+        v @ Value::Object(_) => {
+            out.extend_from_slice(canonical_json(&v).as_bytes());
+            Ok(())
+        }
+        _ => Err("not a JSON object".into()),
+    }
+}
+
+/// serde_json's default recursion limit: deeper input is left to serde_json (which refuses it).
+const MAX_DEPTH: u32 = 120;
+
+/// The single pass of [`canonical_json_text`]; `None` hands the input to the reference path.
+struct JsonPass<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> JsonPass<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, b: u8) -> Option<()> {
+        self.ws();
+        (self.peek()? == b).then(|| self.i += 1)
+    }
+
+    fn literal(&mut self, word: &[u8], out: &mut Vec<u8>) -> Option<()> {
+        self.s[self.i..].starts_with(word).then(|| {
+            self.i += word.len();
+            out.extend_from_slice(word);
+        })
+    }
+
+    fn value(&mut self, out: &mut Vec<u8>, depth: u32) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.ws();
+        match self.peek()? {
+            b'{' => self.object(out, depth),
+            b'[' => self.array(out, depth),
+            b'"' => self.string(out).map(drop),
+            b't' => self.literal(b"true", out),
+            b'f' => self.literal(b"false", out),
+            b'n' => self.literal(b"null", out),
+            b'-' | b'0'..=b'9' => self.number(out),
+            _ => None,
+        }
+    }
+
+    fn array(&mut self, out: &mut Vec<u8>, depth: u32) -> Option<()> {
+        self.i += 1;
+        out.push(b'[');
+        self.ws();
+        if self.peek()? == b']' {
+            self.i += 1;
+            out.push(b']');
+            return Some(());
+        }
+        loop {
+            self.value(out, depth + 1)?;
+            self.ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    out.push(b',');
+                }
+                b']' => {
+                    self.i += 1;
+                    out.push(b']');
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn object(&mut self, out: &mut Vec<u8>, depth: u32) -> Option<()> {
+        self.i += 1;
+        self.ws();
+        if self.peek()? == b'}' {
+            self.i += 1;
+            out.extend_from_slice(b"{}");
+            return Some(());
+        }
+        // Members are written in input order, then put in key order (keys by their UTF-8 bytes; of equal keys the
+        // last wins, as in serde_json's map and in jsonb).
+        let base = out.len();
+        let mut members: Vec<(std::borrow::Cow<'a, [u8]>, usize, usize)> = Vec::new();
+        loop {
+            self.ws();
+            if self.peek()? != b'"' {
+                return None;
+            }
+            let at = out.len();
+            let key = self.string(out)?;
+            self.eat(b':')?;
+            out.push(b':');
+            self.value(out, depth + 1)?;
+            members.push((key, at - base, out.len() - base));
+            self.ws();
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        let body = out.split_off(base);
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        out.push(b'{');
+        let mut first = true;
+        for (k, m) in members.iter().enumerate() {
+            if members.get(k + 1).is_some_and(|next| next.0 == m.0) {
+                continue; // a later duplicate wins
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(&body[m.1..m.2]);
+        }
+        out.push(b'}');
+        Some(())
+    }
+
+    /// Writes the canonical form of the string at the cursor and returns its decoded bytes (for key order).
+    fn string(&mut self, out: &mut Vec<u8>) -> Option<std::borrow::Cow<'a, [u8]>> {
+        self.i += 1;
+        let start = self.i;
+        loop {
+            match *self.s.get(self.i)? {
+                b'"' => break,
+                b'\\' => return self.escaped_string(start, out),
+                c if c < 0x20 => return None,
+                _ => self.i += 1,
+            }
+        }
+        let s = self.s;
+        let raw = &s[start..self.i];
+        self.i += 1;
+        out.push(b'"');
+        out.extend_from_slice(raw);
+        out.push(b'"');
+        Some(std::borrow::Cow::Borrowed(raw))
+    }
+
+    /// The slow path of [`Self::string`]: decode every escape, then write the canonical escapes.
+    fn escaped_string(&mut self, start: usize, out: &mut Vec<u8>) -> Option<std::borrow::Cow<'a, [u8]>> {
+        let mut decoded: Vec<u8> = self.s[start..self.i].to_vec();
+        loop {
+            match *self.s.get(self.i)? {
+                b'"' => {
+                    self.i += 1;
+                    break;
+                }
+                b'\\' => {
+                    let e = *self.s.get(self.i + 1)?;
+                    self.i += 2;
+                    let c = match e {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{08}',
+                        b'f' => '\u{0C}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => {
+                            let hi = self.hex4()?;
+                            let code = if (0xD800..0xDC00).contains(&hi) {
+                                if self.s.get(self.i..self.i + 2)? != b"\\u" {
+                                    return None;
+                                }
+                                self.i += 2;
+                                let lo = self.hex4()?;
+                                if !(0xDC00..0xE000).contains(&lo) {
+                                    return None;
+                                }
+                                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                            } else {
+                                hi
+                            };
+                            char::from_u32(code)?
+                        }
+                        _ => return None,
+                    };
+                    let mut b = [0u8; 4];
+                    decoded.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+                }
+                c if c < 0x20 => return None,
+                c => {
+                    decoded.push(c);
+                    self.i += 1;
+                }
+            }
+        }
+        let text = std::str::from_utf8(&decoded).ok()?;
+        let mut escaped = String::with_capacity(text.len() + 2);
+        write_string(&mut escaped, text);
+        out.extend_from_slice(escaped.as_bytes());
+        Some(std::borrow::Cow::Owned(decoded))
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let h = std::str::from_utf8(self.s.get(self.i..self.i + 4)?).ok()?;
+        let v = u32::from_str_radix(h, 16).ok()?;
+        if !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.i += 4;
+        Some(v)
+    }
+
+    /// A JSON number; copied as it is when it is already PostgreSQL's numeric text (no exponent, not a negative
+    /// zero), otherwise converted as the reference converts it.
+    fn number(&mut self, out: &mut Vec<u8>) -> Option<()> {
+        let start = self.i;
+        let digits = |p: &mut Self| {
+            let from = p.i;
+            while p.peek().is_some_and(|b| b.is_ascii_digit()) {
+                p.i += 1;
+            }
+            p.i > from
+        };
+        let neg = self.peek() == Some(b'-');
+        if neg {
+            self.i += 1;
+        }
+        match self.peek()? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => {
+                digits(self);
+            }
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if !digits(self) {
+                return None;
+            }
+        }
+        let mut plain = true;
+        if let Some(b'e' | b'E') = self.peek() {
+            plain = false;
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            if !digits(self) {
+                return None;
+            }
+        }
+        let token = std::str::from_utf8(&self.s[start..self.i]).ok()?;
+        let negative_zero = neg && token.bytes().all(|b| matches!(b, b'-' | b'0' | b'.'));
+        if plain && !negative_zero {
+            out.extend_from_slice(token.as_bytes());
+        } else {
+            out.extend_from_slice(pg_numeric_text(token).as_deref().unwrap_or(token).as_bytes());
+        }
+        Some(())
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use audit_core::event::{DataClassification, Status};
+    use proptest::prelude::*;
     use serde_json::json;
     use uuid::Uuid;
 
@@ -398,5 +780,249 @@ pub(crate) mod tests {
         let mut b = minimal_example();
         b.event.organization_id = Some("x".into());
         assert_ne!(leaf_hash(&a), leaf_hash(&b));
+    }
+
+    /// A JSON document as a producer might spell it: the generator keeps the number text and duplicate keys.
+    #[derive(Debug, Clone)]
+    enum J {
+        Null,
+        Bool(bool),
+        Num(String),
+        Str(String),
+        Arr(Vec<J>),
+        Obj(Vec<(String, J)>),
+    }
+
+    /// How a document is spelled: PostgreSQL's jsonb output (`", "` and `": "`), compact, or with `\uXXXX` and
+    /// `\/` escapes and extra whitespace.
+    #[derive(Debug, Clone, Copy)]
+    struct Style {
+        pg_spaces: bool,
+        escape_non_ascii: bool,
+        escape_slash: bool,
+        newlines: bool,
+    }
+
+    fn render_str(out: &mut String, s: &str, st: Style) {
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '/' if st.escape_slash => out.push_str("\\/"),
+                '\n' => out.push_str("\\n"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04X}", c as u32)),
+                c if st.escape_non_ascii && !c.is_ascii() => {
+                    let mut units = [0u16; 2];
+                    for u in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{u:04x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+
+    fn render(out: &mut String, j: &J, st: Style) {
+        let (comma, colon) = match (st.pg_spaces, st.newlines) {
+            (_, true) => (",\n  ", " :\t"),
+            (true, false) => (", ", ": "),
+            (false, false) => (",", ":"),
+        };
+        match j {
+            J::Null => out.push_str("null"),
+            J::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            J::Num(n) => out.push_str(n),
+            J::Str(s) => render_str(out, s, st),
+            J::Arr(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(comma);
+                    }
+                    render(out, v, st);
+                }
+                out.push(']');
+            }
+            J::Obj(members) => {
+                out.push('{');
+                for (i, (k, v)) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(comma);
+                    }
+                    render_str(out, k, st);
+                    out.push_str(colon);
+                    render(out, v, st);
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    fn text_strategy() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-c]{0,3}",
+            prop::collection::vec(any::<char>(), 0..6).prop_map(|c| c.into_iter().collect()),
+            prop::collection::vec(
+                prop::sample::select(vec!['é', 'ﬁ', '😀', '\u{7f}', '\u{1}', '"', '\\', '/', 'Z', 'a']),
+                0..5
+            )
+            .prop_map(|c| c.into_iter().collect()),
+        ]
+    }
+
+    fn json_strategy() -> impl Strategy<Value = J> {
+        let leaf = prop_oneof![
+            Just(J::Null),
+            any::<bool>().prop_map(J::Bool),
+            "-?(0|[1-9][0-9]{0,24})(\\.[0-9]{1,12})?([eE][+-]?[0-9]{1,3})?".prop_map(J::Num),
+            text_strategy().prop_map(J::Str),
+        ];
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(J::Arr),
+                prop::collection::vec((prop_oneof!["[a-d]", text_strategy()], inner), 0..5).prop_map(J::Obj),
+            ]
+        })
+    }
+
+    fn style_strategy() -> impl Strategy<Value = Style> {
+        (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(a, b, c, d)| Style {
+            pg_spaces: a,
+            escape_non_ascii: b,
+            escape_slash: c,
+            newlines: d,
+        })
+    }
+
+    fn object_text(members: Vec<(String, J)>, st: Style) -> String {
+        let mut text = String::new();
+        render(&mut text, &J::Obj(members), st);
+        text
+    }
+
+    fn opt_text() -> impl Strategy<Value = Option<String>> {
+        prop::option::of(text_strategy())
+    }
+
+    fn time_strategy() -> impl Strategy<Value = DateTime<Utc>> {
+        // Years 0–9999 mostly (the hand-written digits), a few beyond on both sides (chrono's formatter).
+        prop_oneof![
+            9 => -62_167_219_200_000_000i64..253_402_300_799_999_999i64,
+            1 => -200_000_000_000_000_000i64..8_000_000_000_000_000_000i64,
+        ]
+        .prop_map(|us| DateTime::from_timestamp_micros(us).unwrap())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The single-pass canonical JSON equals the reference (serde_json `Value`, then `canonical_json`) for
+        /// every spelling of every document, numbers, escapes, unicode, nesting and duplicate keys included.
+        #[test]
+        fn canonical_json_text_equals_the_value_path(
+            members in prop::collection::vec((prop_oneof!["[a-d]", text_strategy()], json_strategy()), 0..6),
+            st in style_strategy(),
+        ) {
+            let text = object_text(members, st);
+            let want = canonical_json(&serde_json::from_str::<Value>(&text).unwrap());
+            let mut got = Vec::new();
+            canonical_json_text(&text, &mut got).unwrap();
+            prop_assert_eq!(String::from_utf8(got).unwrap(), want, "{}", text);
+        }
+
+        /// A whole event read as binary COPY fields hashes byte for byte as the same event as a `StoredEvent`.
+        #[test]
+        fn raw_rows_give_the_reference_canonical_bytes(
+            id in any::<i64>(),
+            seq in 0i64..1_000_000,
+            times in (time_strategy(), time_strategy()),
+            texts in (text_strategy(), text_strategy(), text_strategy(), text_strategy()),
+            opts in (opt_text(), opt_text(), opt_text(), opt_text(), opt_text(), opt_text(), opt_text()),
+            status in prop::sample::select(Status::ALL.to_vec()),
+            class in prop::sample::select(DataClassification::ALL.to_vec()),
+            latency in prop::option::of(any::<i32>()),
+            members in prop::collection::vec(("[a-d]", json_strategy()), 0..4),
+            st in style_strategy(),
+            uuid in any::<u128>(),
+        ) {
+            let details_text = object_text(members, st);
+            let details = serde_json::from_str::<Value>(&details_text).unwrap().as_object().unwrap().clone();
+            let (principal, org, rtype, rid, outcome, corr, ttl) = opts;
+            let e = StoredEvent {
+                id,
+                ingested_at: times.1,
+                seq,
+                leaf_hash: [3; 32],
+                event: NewEvent {
+                    event_id: Uuid::from_u128(uuid),
+                    event_id_supplied: true,
+                    timestamp: times.0,
+                    action: texts.0.clone(),
+                    status,
+                    principal_id: principal.clone(),
+                    organization_id: org.clone(),
+                    target_resource_type: rtype.clone(),
+                    target_resource_id: rid.clone(),
+                    outcome_description: outcome.clone(),
+                    correlation_id: corr.clone(),
+                    data_classification: class,
+                    retention_policy: texts.1.clone(),
+                    event_version: texts.2.clone(),
+                    ttl: ttl.clone(),
+                    processing_latency: latency,
+                    details,
+                },
+            };
+            let raw = RawEventRow {
+                id,
+                event_id: e.event.event_id,
+                timestamp: times.0,
+                ingested_at: times.1,
+                action: &texts.0,
+                status,
+                principal_id: principal.as_deref(),
+                organization_id: org.as_deref(),
+                target_resource_type: rtype.as_deref(),
+                target_resource_id: rid.as_deref(),
+                outcome_description: outcome.as_deref(),
+                correlation_id: corr.as_deref(),
+                data_classification: class,
+                retention_policy: &texts.1,
+                event_version: &texts.2,
+                ttl: ttl.as_deref(),
+                processing_latency: latency,
+                details: &details_text,
+                seq,
+                leaf_hash: [3; 32],
+            };
+            prop_assert_eq!(hex::encode(canonical_bytes_raw(&raw).unwrap()), hex::encode(canonical_bytes(&e)));
+            let mut buf = Vec::new();
+            prop_assert_eq!(leaf_hash_raw(&raw, &mut buf).unwrap(), leaf_hash(&e));
+        }
+    }
+
+    #[test]
+    fn canonical_json_text_falls_back_and_refuses_like_the_reference() {
+        let mut out = Vec::new();
+        // Valid JSON the single pass leaves to serde_json: a lone surrogate escape is refused by both.
+        assert!(canonical_json_text(r#"{"a":"\ud800"}"#, &mut out).is_err());
+        assert!(canonical_json_text("[1]", &mut out).is_err(), "details must be an object");
+        assert!(canonical_json_text(r#"{"a":01}"#, &mut out).is_err());
+        assert!(canonical_json_text(r#"{"a":1} x"#, &mut out).is_err());
+        assert!(out.is_empty(), "nothing written for refused input");
+        // Deep nesting beyond the single pass's limit but within serde_json's: same text as the reference.
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(125), "]".repeat(125));
+        canonical_json_text(&deep, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), canonical_json(&serde_json::from_str::<Value>(&deep).unwrap()));
+        // The documented vector, spelled as jsonb prints it.
+        let mut out = Vec::new();
+        let pg = r#"{"ok": true, "none": null, "note": "line1\nline2 \"q\" é/", "tags": ["a", "b"], "amount": 1250.00, "resource": {"name": "chart-7", "ward": 3}}"#;
+        canonical_json_text(pg, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"amount":1250.00,"none":null,"note":"line1\nline2 \"q\" é/","ok":true,"resource":{"name":"chart-7","ward":3},"tags":["a","b"]}"#
+        );
     }
 }

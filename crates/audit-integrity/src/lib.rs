@@ -13,11 +13,15 @@ pub mod pack;
 pub mod store;
 pub mod verify;
 
-pub use canonical::{DOMAIN, LeafPrefix, canonical_bytes, canonical_json, leaf_hash};
+pub use canonical::{
+    DOMAIN, LeafPrefix, canonical_bytes, canonical_bytes_raw, canonical_json, canonical_json_text, leaf_hash,
+    leaf_hash_raw,
+};
 pub use checkpoint::{Checkpoint, NoteSigner, NoteVerifier, SigningKeyFile, origin_for};
 pub use config::IntegrityConfig;
 pub use merkle::{
-    CompactRange, EMPTY_ROOT, Hash, MerkleTree, consistency_proof, hash_children, hash_leaf, inclusion_proof, root,
+    CompactRange, EMPTY_ROOT, Hash, MerkleTree, NodeSource, TILE_HEIGHT, TiledTree, consistency_proof,
+    consistency_proof_by, hash_children, hash_leaf, inclusion_proof, inclusion_proof_by, nodes_read_by, root, root_by,
     subtree_root, verify_consistency, verify_inclusion,
 };
 pub use pack::{

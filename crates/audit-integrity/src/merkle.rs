@@ -260,12 +260,21 @@ impl CompactRange {
 
     /// Appends one leaf hash (amortised O(1) hashing).
     pub fn append(&mut self, leaf: Hash) {
+        self.append_with(leaf, &mut |_, _, _| {});
+    }
+
+    /// Appends one leaf hash and reports every perfect aligned subtree it completes as `(level, index, root)`
+    /// (what the checkpointer stores in `audit_log_nodes`).
+    pub fn append_with(&mut self, leaf: Hash, completed: &mut dyn FnMut(u32, u64, &Hash)) {
         let mut h = leaf;
         let mut s = self.size;
+        let mut level = 0u32;
         while s & 1 == 1 {
             let left = self.hashes.pop().expect("one hash per set bit");
             h = hash_children(&left, &h);
             s >>= 1;
+            level += 1;
+            completed(level, s, &h);
         }
         self.hashes.push(h);
         self.size += 1;
@@ -349,77 +358,166 @@ impl MerkleTree {
 
     /// The tree head.
     pub fn root(&self) -> Hash {
-        self.range_root(0, self.size())
+        root_by(self.size(), &mut |l, i| self.node(l, i))
     }
 
-    /// Root of `[start, end)` where the range is a node of the RFC 9162 tree (aligned perfect, or a right edge).
-    fn range_root(&self, start: u64, end: u64) -> Hash {
-        let n = end - start;
-        if n == 0 {
-            return EMPTY_ROOT;
-        }
-        if n.is_power_of_two() && start.is_multiple_of(n) {
-            let h = n.trailing_zeros() as usize;
-            return self.levels[h][(start >> h) as usize];
-        }
-        let k = split_point(n);
-        hash_children(&self.range_root(start, start + k), &self.range_root(start + k, end))
+    /// The perfect aligned subtree `levels[level][index]`.
+    fn node(&self, level: u32, index: u64) -> Hash {
+        self.levels[level as usize][index as usize]
     }
 
     /// Same result as [`inclusion_proof`] over the same leaves.
     pub fn inclusion_proof(&self, index: u64) -> Vec<Hash> {
         assert!(index < self.size(), "inclusion_proof: index {index} outside tree of {}", self.size());
-        let mut out = Vec::new();
-        let (mut start, mut end) = (0u64, self.size());
-        let mut stack = Vec::new();
-        while end - start > 1 {
-            let k = split_point(end - start);
-            if index < start + k {
-                stack.push((start + k, end));
-                end = start + k;
-            } else {
-                stack.push((start, start + k));
-                start += k;
-            }
-        }
-        while let Some((s, e)) = stack.pop() {
-            out.push(self.range_root(s, e));
-        }
-        out
+        inclusion_proof_by(self.size(), index, &mut |l, i| self.node(l, i))
     }
 
     /// Same result as [`consistency_proof`] over the same leaves.
     pub fn consistency_proof(&self, old_size: u64) -> Vec<Hash> {
         let n = self.size();
         assert!(old_size <= n, "consistency_proof: old size {old_size} beyond tree of {n}");
-        let mut out = Vec::new();
-        if old_size == 0 || old_size == n {
-            return out;
+        consistency_proof_by(n, old_size, &mut |l, i| self.node(l, i))
+    }
+}
+
+/// Height of a tile: 2^8 = 256 leaves. The store keeps every complete aligned subtree at or above this height
+/// (`audit_log_nodes`), so a proof reads stored nodes plus the leaves of at most two tiles (the leaf's own and the
+/// partial one at the right edge) instead of the whole log.
+pub const TILE_HEIGHT: u32 = 8;
+
+/// A source of perfect aligned subtree roots: `node(level, index)` is the root of leaves
+/// `[index·2^level, (index+1)·2^level)`. The proof functions below read a tree only through it, so the same code
+/// serves a tree held in memory ([`MerkleTree`]) and one held as stored nodes plus a few tiles of leaves.
+pub type NodeSource<'a> = dyn FnMut(u32, u64) -> Hash + 'a;
+
+/// Root of `[start, end)`, a node of the RFC 9162 tree (a perfect aligned subtree or a right edge), from `node`.
+fn range_root_by(start: u64, end: u64, node: &mut NodeSource<'_>) -> Hash {
+    let n = end - start;
+    if n == 0 {
+        return EMPTY_ROOT;
+    }
+    if n.is_power_of_two() && start.is_multiple_of(n) {
+        let h = n.trailing_zeros();
+        return node(h, start >> h);
+    }
+    let k = split_point(n);
+    let left = range_root_by(start, start + k, node);
+    let right = range_root_by(start + k, end, node);
+    hash_children(&left, &right)
+}
+
+/// The tree head of a tree of `size` leaves, from `node`.
+pub fn root_by(size: u64, node: &mut NodeSource<'_>) -> Hash {
+    range_root_by(0, size, node)
+}
+
+/// Inclusion proof of leaf `index` in a tree of `size` leaves (RFC 9162 §2.1.3.1), reading the tree through `node`:
+/// O(log n) node reads, each a perfect aligned subtree or part of the right edge.
+pub fn inclusion_proof_by(size: u64, index: u64, node: &mut NodeSource<'_>) -> Vec<Hash> {
+    assert!(index < size, "inclusion_proof: index {index} outside tree of {size}");
+    let (mut start, mut end) = (0u64, size);
+    let mut stack = Vec::new();
+    while end - start > 1 {
+        let k = split_point(end - start);
+        if index < start + k {
+            stack.push((start + k, end));
+            end = start + k;
+        } else {
+            stack.push((start, start + k));
+            start += k;
         }
-        let (mut start, mut end, mut m, mut whole) = (0u64, n, old_size, true);
-        let mut stack = Vec::new();
-        loop {
-            if m == end - start {
-                if !whole {
-                    out.push(self.range_root(start, end));
-                }
-                break;
+    }
+    stack.iter().rev().map(|&(s, e)| range_root_by(s, e, node)).collect()
+}
+
+/// Consistency proof from `old_size` to `size` leaves (RFC 9162 §2.1.4.1), reading the tree through `node`.
+pub fn consistency_proof_by(size: u64, old_size: u64, node: &mut NodeSource<'_>) -> Vec<Hash> {
+    assert!(old_size <= size, "consistency_proof: old size {old_size} beyond tree of {size}");
+    let mut out = Vec::new();
+    if old_size == 0 || old_size == size {
+        return out;
+    }
+    let (mut start, mut end, mut m, mut whole) = (0u64, size, old_size, true);
+    let mut stack = Vec::new();
+    loop {
+        if m == end - start {
+            if !whole {
+                out.push(range_root_by(start, end, node));
             }
-            let k = split_point(end - start);
-            if m <= k {
-                stack.push((start + k, end));
-                end = start + k;
-            } else {
-                stack.push((start, start + k));
-                start += k;
-                m -= k;
-                whole = false;
-            }
+            break;
         }
-        while let Some((s, e)) = stack.pop() {
-            out.push(self.range_root(s, e));
+        let k = split_point(end - start);
+        if m <= k {
+            stack.push((start + k, end));
+            end = start + k;
+        } else {
+            stack.push((start, start + k));
+            start += k;
+            m -= k;
+            whole = false;
         }
-        out
+    }
+    while let Some((s, e)) = stack.pop() {
+        out.push(range_root_by(s, e, node));
+    }
+    out
+}
+
+/// The perfect aligned subtrees `(level, index)` that `read` asks its node source for: run a proof function once
+/// with this recorder to learn what to fetch, then again over the fetched nodes.
+pub fn nodes_read_by(read: impl FnOnce(&mut NodeSource<'_>)) -> std::collections::BTreeSet<(u32, u64)> {
+    let mut seen = std::collections::BTreeSet::new();
+    read(&mut |l, i| {
+        seen.insert((l, i));
+        EMPTY_ROOT
+    });
+    seen
+}
+
+/// A tree known only in part: stored nodes at or above [`TILE_HEIGHT`] and the leaves of a few tiles, enough for
+/// the proofs that [`nodes_read_by`] planned. Lower nodes are hashed from the tile's leaves on demand.
+#[derive(Debug, Clone, Default)]
+pub struct TiledTree {
+    /// Stored nodes `(level, index) → root`, `level >= TILE_HEIGHT`.
+    pub nodes: std::collections::HashMap<(u32, u64), Hash>,
+    /// Leaves of tile `t` (positions `[t·256, t·256 + len)`); the last tile of a tree may be partial.
+    pub tiles: std::collections::HashMap<u64, Vec<Hash>>,
+}
+
+impl TiledTree {
+    /// Which stored nodes and which tiles of leaves a set of planned node reads needs.
+    pub fn needs(planned: &std::collections::BTreeSet<(u32, u64)>) -> (Vec<(u32, u64)>, Vec<u64>) {
+        let nodes = planned.iter().copied().filter(|(l, _)| *l >= TILE_HEIGHT).collect();
+        let mut tiles: Vec<u64> =
+            planned.iter().filter(|(l, _)| *l < TILE_HEIGHT).map(|&(l, i)| (i << l) >> TILE_HEIGHT).collect();
+        tiles.dedup();
+        tiles.sort_unstable();
+        tiles.dedup();
+        (nodes, tiles)
+    }
+
+    /// The node `(level, index)`, or `None` when neither a stored node nor a loaded tile holds it.
+    pub fn node(&self, level: u32, index: u64) -> Option<Hash> {
+        if level >= TILE_HEIGHT {
+            return self.nodes.get(&(level, index)).copied();
+        }
+        let first = index << level;
+        let leaves = self.tiles.get(&(first >> TILE_HEIGHT))?;
+        let offset = (first & ((1 << TILE_HEIGHT) - 1)) as usize;
+        leaves.get(offset..offset + (1usize << level)).map(root)
+    }
+
+    /// Runs a proof function over this tree; a node it lacks reads as the empty root (so the result cannot verify)
+    /// and is reported in the second value.
+    pub fn run<T>(&self, f: impl FnOnce(&mut NodeSource<'_>) -> T) -> (T, Option<(u32, u64)>) {
+        let mut missing = None;
+        let out = f(&mut |l, i| {
+            self.node(l, i).unwrap_or_else(|| {
+                missing.get_or_insert((l, i));
+                EMPTY_ROOT
+            })
+        });
+        (out, missing)
     }
 }
 
@@ -685,5 +783,77 @@ mod tests {
             }
             prop_assert!(!verify_consistency(n as u64 + 1, n as u64, &new_root, &new_root, &[]));
         }
+    }
+
+    /// A tiled tree built the way the store builds it (nodes completed by `append_with`, at or above the tile
+    /// height, plus the tiles a plan names) over the first `size` of `l`.
+    fn tiled(l: &[Hash], planned: &std::collections::BTreeSet<(u32, u64)>) -> TiledTree {
+        let mut t = TiledTree::default();
+        let mut cr = CompactRange::new();
+        for leaf in l {
+            cr.append_with(*leaf, &mut |lv, i, h| {
+                if lv >= TILE_HEIGHT {
+                    t.nodes.insert((lv, i), *h);
+                }
+            });
+        }
+        let (nodes, tiles) = TiledTree::needs(planned);
+        assert!(nodes.iter().all(|k| t.nodes.contains_key(k)), "every planned stored node was completed");
+        assert!(tiles.len() <= 2, "at most two tiles of leaves: {tiles:?}");
+        for tile in tiles {
+            let s = (tile << TILE_HEIGHT) as usize;
+            t.tiles.insert(tile, l[s..l.len().min(s + (1 << TILE_HEIGHT))].to_vec());
+        }
+        t
+    }
+
+    #[test]
+    fn append_with_reports_exactly_the_complete_aligned_subtrees() {
+        let l = leaves(1000, 9);
+        let tree = MerkleTree::new(&l);
+        let mut cr = CompactRange::new();
+        let mut seen = 0usize;
+        for leaf in &l {
+            cr.append_with(*leaf, &mut |lv, i, h| {
+                assert_eq!(*h, tree.node(lv, i), "level {lv} index {i}");
+                seen += 1;
+            });
+        }
+        // Every interior node of the complete levels: 500 + 250 + 125 + 62 + 31 + 15 + 7 + 3 + 1.
+        assert_eq!(seen, 994);
+    }
+
+    #[test]
+    fn proofs_from_stored_nodes_and_two_tiles_equal_the_whole_tree() {
+        for n in [1usize, 2, 255, 256, 257, 511, 512, 513, 1000, 1024, 1025, 2049, 3000] {
+            let l = leaves(n, 3);
+            let tree = MerkleTree::new(&l);
+            for m in [0, 1, n / 3, n / 2, 255, 256, n.saturating_sub(2), n - 1] {
+                if m >= n {
+                    continue;
+                }
+                let planned = nodes_read_by(|src| {
+                    inclusion_proof_by(n as u64, m as u64, src);
+                });
+                let t = tiled(&l, &planned);
+                let (p, missing) = t.run(|src| inclusion_proof_by(n as u64, m as u64, src));
+                assert_eq!(missing, None);
+                assert_eq!(p, tree.inclusion_proof(m as u64), "n={n} m={m}");
+                let planned = nodes_read_by(|src| {
+                    consistency_proof_by(n as u64, m as u64, src);
+                });
+                let t = tiled(&l, &planned);
+                let (c, missing) = t.run(|src| consistency_proof_by(n as u64, m as u64, src));
+                assert_eq!(missing, None);
+                assert_eq!(c, tree.consistency_proof(m as u64), "n={n} old={m}");
+            }
+            let planned = nodes_read_by(|src| {
+                root_by(n as u64, src);
+            });
+            assert_eq!(tiled(&l, &planned).run(|src| root_by(n as u64, src)), (tree.root(), None));
+        }
+        // A node nobody fetched is reported, not invented.
+        let (_, missing) = TiledTree::default().run(|src| inclusion_proof_by(600, 3, src));
+        assert!(missing.is_some());
     }
 }

@@ -7,29 +7,38 @@
 //! and a failed chunk can be read again.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use audit_core::event::StoredEvent;
 use std::future::Future;
 use std::sync::Arc;
 
-use audit_core::{AuditError, AuditResult, Direct, ErrorKind, ResiliencePolicy};
+use audit_core::{AuditError, AuditResult, Direct, ErrorKind, ResiliencePolicy, SqlState};
 use audit_pg::{EVENT_COLUMNS, PgPool, PooledConn, pg_error, stored_event_from_row};
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use postgres_types::ToSql;
 use serde::Serialize;
 use tokio_postgres::Row;
+
 use uuid::Uuid;
 
 use crate::{
-    Checkpoint, CompactRange, Finding, Hash, MerkleTree, NoteSigner, NoteVerifier, ProofsFile, RowView,
-    TrustedCheckpoint, build_pack, leaf_hash, origin_for, verify_incremental,
+    Checkpoint, CompactRange, Finding, Hash, NoteSigner, NoteVerifier, ProofsFile, RowView, TILE_HEIGHT, TiledTree,
+    TrustedCheckpoint, build_pack, consistency_proof_by, inclusion_proof_by, leaf_hash, leaf_hash_raw, nodes_read_by,
+    origin_for, verify_consistency, verify_inclusion, verify_incremental,
 };
 
 /// Rows read per statement when walking a log: bounded memory, and a statement that finishes well within the
 /// query timeout.
 const CHUNK_ROWS: i64 = 20_000;
+
+/// Positions read per binary COPY statement when verifying (a chunk's bytes are held in memory while hashed).
+const COPY_CHUNK_SEQS: i64 = 50_000;
+
+/// Stored nodes written per statement (three arrays of this length).
+const NODE_BATCH: usize = 10_000;
 
 /// Logs verified at once (at most the cores; the store's pool bounds the connections anyway).
 const VERIFY_PARALLEL_LOGS: usize = 4;
@@ -154,6 +163,7 @@ pub struct IntegrityStore<R = Direct> {
     pool: PgPool,
     policy: R,
     acquire_timeout: Duration,
+    rows_read: AtomicU64,
 }
 
 impl<R> std::fmt::Debug for IntegrityStore<R> {
@@ -165,7 +175,13 @@ impl<R> std::fmt::Debug for IntegrityStore<R> {
 impl<R: ResiliencePolicy> IntegrityStore<R> {
     /// A store over `pool` whose statements run under `policy`; a checkout waits at most `acquire_timeout`.
     pub fn new(pool: PgPool, policy: R, acquire_timeout: Duration) -> Self {
-        Self { pool, policy, acquire_timeout }
+        Self { pool, policy, acquire_timeout, rows_read: AtomicU64::new(0) }
+    }
+
+    /// Rows this store has fetched from the database so far, over every statement: lets a test or a benchmark bound
+    /// what one operation reads (a proof must not read the whole log).
+    pub fn rows_read(&self) -> u64 {
+        self.rows_read.load(Ordering::Relaxed)
     }
 
     /// Runs `op` on a pooled connection under the policy (each attempt checks a connection out). The operation
@@ -188,14 +204,18 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
     /// Runs one statement (under the policy; repeated on a transient failure) and returns its rows.
     async fn rows(&self, what: &'static str, sql: impl Into<Arc<str>>, params: Vec<Param>) -> AuditResult<Vec<Row>> {
         let (sql, params) = (sql.into(), Arc::new(params));
-        self.with_conn(move |conn| {
-            let (sql, params) = (sql.clone(), params.clone());
-            async move {
-                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
-                conn.query(&*sql, &refs).await.map_err(|e| pg_error(e, what))
-            }
-        })
-        .await
+        let rows: Vec<Row> = self
+            .with_conn(move |conn| {
+                let (sql, params) = (sql.clone(), params.clone());
+                async move {
+                    let refs: Vec<&(dyn ToSql + Sync)> =
+                        params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+                    conn.query(&*sql, &refs).await.map_err(|e| pg_error(e, what))
+                }
+            })
+            .await?;
+        self.rows_read.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        Ok(rows)
     }
 
     /// Runs one statement that returns no rows.
@@ -269,19 +289,23 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
     /// Leaf hashes kept for rows that retention dropped (`seq → leaf`).
     async fn pruned_leaves(&self, log_id: &str, from: i64, to: i64) -> AuditResult<BTreeMap<i64, Hash>> {
         let log_id: Arc<str> = log_id.into();
-        self.with_conn(move |conn| {
-            let log_id = log_id.clone();
-            async move { audit_pg::pruned_leaves::read(&**conn, &log_id, from, to).await }
-        })
-        .await
+        let pruned = self
+            .with_conn(move |conn| {
+                let log_id = log_id.clone();
+                async move { audit_pg::pruned_leaves::read(&**conn, &log_id, from, to).await }
+            })
+            .await?;
+        self.rows_read.fetch_add(pruned.len() as u64, Ordering::Relaxed);
+        Ok(pruned)
     }
 
     /// Row views of `[from, to)`: stored rows with recomputed leaves, plus pruned positions (content archived, so
     /// their stored leaf stands for both).
     ///
-    /// Reads [`CHUNK_ROWS`] rows per statement and recomputes each chunk's leaves on the blocking pool while the next
-    /// chunk is being read, so the server's work and ours overlap (and several logs verified at once hash on
-    /// several cores).
+    /// Reads with binary COPY out, [`COPY_CHUNK_SEQS`] positions per statement (each with its own deadline), and
+    /// recomputes each chunk's leaves straight from the COPY bytes ([`leaf_hash_raw`]: no `serde_json::Value`) on
+    /// the blocking pool while the next chunk is being read, so the server's work and ours overlap (and several logs
+    /// verified at once hash on several cores).
     async fn row_views(
         &self,
         log_id: &str,
@@ -289,42 +313,48 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
         to: i64,
         progress: &(dyn Fn(u64) + Sync),
     ) -> AuditResult<Vec<RowView>> {
-        let sql: Arc<str> = format!(
-            "SELECT {EVENT_COLUMNS} FROM audit_log WHERE {} AND seq >= ${} AND seq < ${} ORDER BY seq LIMIT {CHUNK_ROWS}",
-            log_predicate(log_id),
-            if log_id.is_empty() { 1 } else { 2 },
-            if log_id.is_empty() { 2 } else { 3 },
-        )
-        .into();
-        let fetch = |next: i64| self.rows("reading a log", sql.clone(), log_range_params(log_id, next, to));
+        // Where the rows end (injected rows beyond the head included), so the walk knows when to stop even across
+        // a gap that retention left.
+        let last = self
+            .rows(
+                "reading a log",
+                format!("SELECT max(seq) FROM audit_log WHERE {}", log_predicate(log_id)),
+                if log_id.is_empty() { Vec::new() } else { params![log_id.to_string()] },
+            )
+            .await?;
+        let end = last.first().and_then(|r| r.get::<_, Option<i64>>(0)).map_or(from, |m| to.min(m.saturating_add(1)));
+        let predicate = match log_id {
+            "" => "organization_id IS NULL".to_string(),
+            org => format!("organization_id = {}", audit_pg::quote_literal(org)),
+        };
+        let fetch = |next: i64| {
+            let upto = end.min(next.saturating_add(COPY_CHUNK_SEQS));
+            (
+                upto,
+                self.copy_out(audit_pg::copy_out_events_sql(&format!(
+                    "{predicate} AND seq >= {next} AND seq < {upto}"
+                ))),
+            )
+        };
         let mut views = Vec::new();
-        let mut pending = if from < to { Some(fetch(from).await?) } else { None };
-        while let Some(rows) = pending.take() {
-            let Some(last) = rows.last() else { break };
-            let last_seq: i64 = last.try_get(18).map_err(|e| pg_error(e, "reading a log"))?;
-            let full = rows.len() as i64 == CHUNK_ROWS && last_seq + 1 < to;
-            let n = rows.len() as u64;
-            let hashing = tokio::task::spawn_blocking(move || {
-                rows.iter()
-                    .map(|r| {
-                        let e = stored_event_from_row(r)?;
-                        Ok(RowView {
-                            seq: e.seq,
-                            event_id: e.event.event_id,
-                            recomputed_leaf: leaf_hash(&e),
-                            stored_leaf: e.leaf_hash,
-                        })
-                    })
-                    .collect::<AuditResult<Vec<RowView>>>()
-            });
-            let (chunk, next) = if full {
-                let (chunk, next) = tokio::join!(hashing, fetch(last_seq + 1));
-                (chunk, Some(next?))
+        let mut pending = None;
+        if from < end {
+            let (upto, bytes) = fetch(from);
+            pending = Some((upto, bytes.await?));
+        }
+        while let Some((upto, bytes)) = pending.take() {
+            let hashing = tokio::task::spawn_blocking(move || recompute_leaves(&bytes));
+            let (chunk, next) = if upto < end {
+                let (more, bytes) = fetch(upto);
+                let (chunk, bytes) = tokio::join!(hashing, bytes);
+                (chunk, Some((more, bytes?)))
             } else {
                 (hashing.await, None)
             };
-            views.extend(chunk.map_err(|e| AuditError::permanent(format!("verify: hashing task failed: {e}")))??);
-            progress(n);
+            let chunk = chunk.map_err(|e| AuditError::permanent(format!("verify: hashing task failed: {e}")))??;
+            self.rows_read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            progress(chunk.len() as u64);
+            views.extend(chunk);
             pending = next;
         }
         for (seq, leaf) in self.pruned_leaves(log_id, from, to).await? {
@@ -334,22 +364,203 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
         Ok(views)
     }
 
-    /// Stored leaf hashes `[0, size)` in order, failing if a position is missing or doubled.
-    async fn leaves(&self, log_id: &str, size: i64) -> AuditResult<Vec<Hash>> {
-        let views = self.row_views(log_id, 0, size, &|_| {}).await?;
-        let mut leaves = Vec::with_capacity(size as usize);
-        for (i, v) in views.iter().enumerate() {
-            if v.seq != i as i64 {
-                return Err(AuditError::integrity(format!(
-                    "log `{log_id}` has no single row at position {i}; run `audit-db verify`"
-                )));
+    /// Runs one `COPY … TO STDOUT (FORMAT binary)` (under the policy; repeated on a transient failure) and returns
+    /// its bytes.
+    async fn copy_out(&self, sql: String) -> AuditResult<Vec<u8>> {
+        let sql: Arc<str> = sql.into();
+        self.with_conn(move |conn| {
+            let sql = sql.clone();
+            async move {
+                let stream = conn.copy_out(&*sql).await.map_err(|e| pg_error(e, "reading a log"))?;
+                let mut stream = std::pin::pin!(stream);
+                let mut buf = Vec::new();
+                while let Some(chunk) = stream.next().await {
+                    buf.extend_from_slice(&chunk.map_err(|e| pg_error(e, "reading a log"))?);
+                }
+                Ok(buf)
             }
-            leaves.push(v.stored_leaf);
-        }
-        if leaves.len() as i64 != size {
-            return Err(AuditError::integrity(format!("log `{log_id}` has {} of {size} positions", leaves.len())));
+        })
+        .await
+    }
+
+    /// Stored leaf hashes `[0, size)` in order, failing if a position is missing or doubled. Reads the whole log:
+    /// for evidence packs, which hold the events anyway; proofs use [`Self::tiled_tree`].
+    async fn leaves(&self, log_id: &str, size: i64) -> AuditResult<Vec<Hash>> {
+        let mut leaves = Vec::with_capacity(size as usize);
+        let mut next = 0;
+        while next < size {
+            let to = size.min(next + CHUNK_ROWS);
+            leaves.extend(self.leaf_range(log_id, next, to).await?);
+            next = to;
         }
         Ok(leaves)
+    }
+
+    /// Stored leaf hashes of positions `[from, to)` (`to - from` at most [`CHUNK_ROWS`]), from the rows and the
+    /// leaves kept for pruned rows; an integrity error if a position is missing or doubled. Reads only `seq` and
+    /// `leaf_hash`: proofs and node building never need the events' content.
+    async fn leaf_range(&self, log_id: &str, from: i64, to: i64) -> AuditResult<Vec<Hash>> {
+        let sql = format!(
+            "SELECT seq, leaf_hash FROM audit_log WHERE {} AND seq >= ${} AND seq < ${} ORDER BY seq",
+            log_predicate(log_id),
+            if log_id.is_empty() { 1 } else { 2 },
+            if log_id.is_empty() { 2 } else { 3 },
+        );
+        let rows = self.rows("reading leaf hashes", sql, log_range_params(log_id, from, to)).await?;
+        let mut found: Vec<(i64, Hash)> = Vec::with_capacity((to - from).max(0) as usize);
+        for r in &rows {
+            let seq: i64 = r.try_get(0).map_err(|e| pg_error(e, "reading leaf hashes"))?;
+            let leaf: &[u8] = r.try_get(1).map_err(|e| pg_error(e, "reading leaf hashes"))?;
+            let leaf: Hash = leaf.try_into().map_err(|_| {
+                AuditError::integrity(format!("log `{log_id}`: the leaf hash at position {seq} is not 32 bytes"))
+            })?;
+            found.push((seq, leaf));
+        }
+        found.extend(self.pruned_leaves(log_id, from, to).await?);
+        found.sort_by_key(|(seq, _)| *seq);
+        if found.len() as i64 != to - from {
+            return Err(AuditError::integrity(format!(
+                "log `{log_id}` has {} rows at positions [{from}, {to}); run `audit-db verify`",
+                found.len()
+            )));
+        }
+        found
+            .into_iter()
+            .enumerate()
+            .map(|(k, (seq, leaf))| {
+                if seq != from + k as i64 {
+                    return Err(AuditError::integrity(format!(
+                        "log `{log_id}` has no single row at position {}; run `audit-db verify`",
+                        from + k as i64
+                    )));
+                }
+                Ok(leaf)
+            })
+            .collect()
+    }
+
+    /// Stores completed nodes (`level >= TILE_HEIGHT`) of a log. Idempotent: a node is a function of the leaves
+    /// below it, so a node already stored is left alone. A database not yet migrated to `audit_log_nodes` stores
+    /// nothing (its proofs compute the nodes from the leaves until it is).
+    async fn store_nodes(&self, log_id: &str, nodes: &[(u32, u64, Hash)]) -> AuditResult<()> {
+        match self.insert_nodes(log_id, nodes).await {
+            Err(e) if e.sqlstate() == Some(SqlState::UNDEFINED_TABLE) => {
+                tracing::warn!(log_id, "audit_log_nodes does not exist yet (run `audit-db migrate`): nodes not stored");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn insert_nodes(&self, log_id: &str, nodes: &[(u32, u64, Hash)]) -> AuditResult<()> {
+        for batch in nodes.chunks(NODE_BATCH) {
+            let levels: Vec<i16> = batch.iter().map(|n| n.0 as i16).collect();
+            let idx: Vec<i64> = batch.iter().map(|n| n.1 as i64).collect();
+            let hashes: Vec<Vec<u8>> = batch.iter().map(|n| n.2.to_vec()).collect();
+            self.execute(
+                "storing Merkle nodes",
+                "INSERT INTO audit_log_nodes (log_id, level, idx, hash) \
+                 SELECT $1, l, i, h FROM unnest($2::int2[], $3::int8[], $4::bytea[]) AS t(l, i, h) \
+                 ON CONFLICT DO NOTHING",
+                params![log_id.to_string(), levels, idx, hashes],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The stored nodes among `wanted` (absent ones are simply not in the map).
+    async fn stored_nodes(
+        &self,
+        log_id: &str,
+        wanted: &[(u32, u64)],
+    ) -> AuditResult<std::collections::HashMap<(u32, u64), Hash>> {
+        if wanted.is_empty() {
+            return Ok(Default::default());
+        }
+        let levels: Vec<i16> = wanted.iter().map(|n| n.0 as i16).collect();
+        let idx: Vec<i64> = wanted.iter().map(|n| n.1 as i64).collect();
+        let rows = match self
+            .rows(
+                "reading Merkle nodes",
+                "SELECT n.level, n.idx, n.hash FROM audit_log_nodes n \
+                 JOIN unnest($2::int2[], $3::int8[]) AS w(level, idx) ON n.level = w.level AND n.idx = w.idx \
+                 WHERE n.log_id = $1",
+                params![log_id.to_string(), levels, idx],
+            )
+            .await
+        {
+            Err(e) if e.sqlstate() == Some(SqlState::UNDEFINED_TABLE) => return Ok(Default::default()),
+            other => other?,
+        };
+        rows.iter()
+            .map(|r| {
+                let (level, idx): (i16, i64) = (r.get(0), r.get(1));
+                let hash: &[u8] = r.get(2);
+                let hash: Hash = hash.try_into().map_err(|_| {
+                    AuditError::integrity(format!("log `{log_id}`: stored node ({level}, {idx}) is not 32 bytes"))
+                })?;
+                Ok(((level as u32, idx as u64), hash))
+            })
+            .collect()
+    }
+
+    /// Computes and stores every node (`level >= TILE_HEIGHT`) of `[0, size)` from the stored leaves, read in
+    /// chunks — once, for a log sealed before `audit_log_nodes` existed. Stores nothing unless the leaves hash to the
+    /// signed `root`, so a tampered log never yields nodes that look trustworthy.
+    async fn fill_nodes(
+        &self,
+        log_id: &str,
+        size: i64,
+        root: Hash,
+    ) -> AuditResult<std::collections::HashMap<(u32, u64), Hash>> {
+        let mut range = CompactRange::new();
+        let mut nodes = Vec::new();
+        let mut next = 0;
+        while next < size {
+            let to = size.min(next + CHUNK_ROWS);
+            for leaf in self.leaf_range(log_id, next, to).await? {
+                range.append_with(leaf, &mut |level, idx, h| {
+                    if level >= TILE_HEIGHT {
+                        nodes.push((level, idx, *h));
+                    }
+                });
+            }
+            next = to;
+        }
+        if range.root() != root {
+            return Err(AuditError::integrity(format!(
+                "log `{log_id}`: stored leaves do not hash to the signed root of size {size}; run `audit-db verify`"
+            )));
+        }
+        tracing::info!(log_id, size, nodes = nodes.len(), "stored the Merkle nodes of a log sealed without them");
+        self.store_nodes(log_id, &nodes).await?;
+        Ok(nodes.into_iter().map(|(l, i, h)| ((l, i), h)).collect())
+    }
+
+    /// The part of the tree of `[0, size)` that the node reads `planned` need: stored nodes and at most a couple of
+    /// 256-leaf tiles. Missing stored nodes (a log sealed before they were kept) are filled first from the leaves,
+    /// checked against the signed `root`.
+    async fn tiled_tree(
+        &self,
+        log_id: &str,
+        size: i64,
+        root: Hash,
+        planned: &std::collections::BTreeSet<(u32, u64)>,
+    ) -> AuditResult<TiledTree> {
+        let (wanted, tiles) = TiledTree::needs(planned);
+        let mut nodes = self.stored_nodes(log_id, &wanted).await?;
+        if nodes.len() < wanted.len() {
+            let all = self.fill_nodes(log_id, size, root).await?;
+            nodes = wanted.iter().filter_map(|k| all.get(k).map(|h| (*k, *h))).collect();
+        }
+        let mut tree = TiledTree { nodes, tiles: Default::default() };
+        for t in tiles {
+            let from = (t << TILE_HEIGHT) as i64;
+            let to = size.min(from + (1 << TILE_HEIGHT));
+            tree.tiles.insert(t, self.leaf_range(log_id, from, to).await?);
+        }
+        Ok(tree)
     }
 
     /// Every checkpoint of a log, oldest first.
@@ -433,6 +644,7 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
                 continue;
             }
             let views = self.row_views(&log_id, from, size, &|_| {}).await?;
+            let mut nodes = Vec::new();
             for (k, v) in views.iter().enumerate() {
                 let expected = from + k as i64;
                 if v.seq != expected {
@@ -446,7 +658,11 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
                         v.event_id
                     )));
                 }
-                range.append(v.stored_leaf);
+                range.append_with(v.stored_leaf, &mut |level, idx, h| {
+                    if level >= TILE_HEIGHT {
+                        nodes.push((level, idx, *h));
+                    }
+                });
             }
             if (views.len() as i64) != size - from {
                 return Err(AuditError::integrity(format!(
@@ -458,6 +674,9 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
             let root = range.root();
             let cp = Checkpoint { origin: origin_for(&log_id), tree_size: size as u64, root_hash: root, time: now };
             let note = signer.sign(&cp);
+            // Nodes first: a proof against this checkpoint then finds them (nodes without their checkpoint are
+            // harmless; the next seal completes the same ones).
+            self.store_nodes(&log_id, &nodes).await?;
             self.execute(
                 "storing a checkpoint",
                 "INSERT INTO audit_checkpoints (log_id, tree_size, root_hash, created_at, key_id, signature, note, \
@@ -670,20 +889,29 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
     }
 
     /// An event's inclusion proof against the latest checkpoint of its log.
+    ///
+    /// Reads the event, O(log n) stored nodes and the leaves of at most two 256-leaf tiles — not the log — and
+    /// returns the proof only if the event's content hashes to its leaf and the proof leads to the signed root
+    /// (an integrity error otherwise).
     pub async fn inclusion_proof(&self, verifier: &NoteVerifier, event_id: Uuid) -> AuditResult<InclusionProofJson> {
         let rows = self
             .rows(
                 "finding the event",
-                "SELECT organization_id, seq, leaf_hash FROM audit_log WHERE event_id = $1 LIMIT 1",
+                format!("SELECT {EVENT_COLUMNS} FROM audit_log WHERE event_id = $1 LIMIT 1"),
                 params![event_id],
             )
             .await?;
         let row = rows
             .first()
             .ok_or_else(|| AuditError::not_found(format!("event_id: no stored event has id {event_id}")))?;
-        let org: Option<String> = row.get(0);
-        let seq: i64 = row.get(1);
+        let event = stored_event_from_row(row)?;
+        let (org, seq, leaf) = (event.event.organization_id.clone(), event.seq, event.leaf_hash);
         let log_id = org.clone().unwrap_or_default();
+        if leaf_hash(&event) != leaf {
+            return Err(AuditError::integrity(format!(
+                "log `{log_id}`: event {event_id} at position {seq} does not match its leaf hash; run `audit-db verify`"
+            )));
+        }
         let cp = self.latest_trusted(&log_id, verifier).await?;
         if seq >= cp.tree_size {
             return Err(AuditError::invalid(format!(
@@ -691,9 +919,13 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
                 cp.tree_size
             )));
         }
-        let leaves = self.leaves(&log_id, cp.tree_size).await?;
-        let tree = MerkleTree::new(&leaves);
-        if tree.root() != cp.root_hash {
+        let (size, index) = (cp.tree_size as u64, seq as u64);
+        let planned = nodes_read_by(|src| {
+            inclusion_proof_by(size, index, src);
+        });
+        let tree = self.tiled_tree(&log_id, cp.tree_size, cp.root_hash, &planned).await?;
+        let (proof, _) = tree.run(|src| inclusion_proof_by(size, index, src));
+        if !verify_inclusion(&leaf, index, size, &proof, &cp.root_hash) {
             return Err(AuditError::integrity(format!(
                 "log `{log_id}`: stored leaves do not hash to the signed root of size {}; run `audit-db verify`",
                 cp.tree_size
@@ -703,15 +935,16 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
             event_id,
             organization_id: org,
             seq,
-            leaf_hash: hex::encode(leaves[seq as usize]),
+            leaf_hash: hex::encode(leaf),
             tree_size: cp.tree_size,
             root_hash: hex::encode(cp.root_hash),
-            proof: tree.inclusion_proof(seq as u64).iter().map(hex::encode).collect(),
+            proof: proof.iter().map(hex::encode).collect(),
             checkpoint: cp.note,
         })
     }
 
-    /// A consistency proof between two checkpoints of a log (default: the two latest).
+    /// A consistency proof between two checkpoints of a log (default: the two latest). Reads stored nodes and at
+    /// most two tiles of leaves, and returns the proof only if it verifies between the two signed roots.
     pub async fn consistency_proof(
         &self,
         verifier: &NoteVerifier,
@@ -739,9 +972,13 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
         if old.tree_size > new.tree_size {
             return Err(AuditError::invalid("the old checkpoint must not be larger than the new one"));
         }
-        let leaves = self.leaves(log_id, new.tree_size).await?;
-        let tree = MerkleTree::new(&leaves);
-        if tree.root() != new.root_hash {
+        let (size, old_n) = (new.tree_size as u64, old.tree_size as u64);
+        let planned = nodes_read_by(|src| {
+            consistency_proof_by(size, old_n, src);
+        });
+        let tree = self.tiled_tree(log_id, new.tree_size, new.root_hash, &planned).await?;
+        let (proof, _) = tree.run(|src| consistency_proof_by(size, old_n, src));
+        if !verify_consistency(old_n, size, &old.root_hash, &new.root_hash, &proof) {
             return Err(AuditError::integrity(format!("log `{log_id}`: stored leaves do not hash to the signed root")));
         }
         Ok(ConsistencyProofJson {
@@ -750,7 +987,7 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
             old_root: hex::encode(old.root_hash),
             new_size: new.tree_size,
             new_root: hex::encode(new.root_hash),
-            proof: tree.consistency_proof(old.tree_size as u64).iter().map(hex::encode).collect(),
+            proof: proof.iter().map(hex::encode).collect(),
         })
     }
 
@@ -783,6 +1020,23 @@ impl<R: ResiliencePolicy> IntegrityStore<R> {
         }
         Ok(build_pack(signer, (!org.is_empty()).then_some(org), &cp.note, &events, &proofs, now, &BTreeMap::new())?)
     }
+}
+
+/// Row views (recomputed and stored leaf) of the tuples of one binary COPY of [`audit_pg::copy_out_events_sql`].
+fn recompute_leaves(bytes: &[u8]) -> AuditResult<Vec<RowView>> {
+    let mut tuples = audit_pg::BinaryTuples::new(bytes)?;
+    let (mut fields, mut buf) = (Vec::with_capacity(20), Vec::with_capacity(1024));
+    let mut out = Vec::new();
+    while tuples.next_tuple(&mut fields)? {
+        let row = audit_pg::RawEventRow::from_fields(&fields)?;
+        out.push(RowView {
+            seq: row.seq,
+            event_id: row.event_id,
+            recomputed_leaf: leaf_hash_raw(&row, &mut buf)?,
+            stored_leaf: row.leaf_hash,
+        });
+    }
+    Ok(out)
 }
 
 /// Runs `fut`, recording its duration as the seed's `audit_db_operation_duration_seconds{operation, status}`.

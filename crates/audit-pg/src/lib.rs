@@ -13,6 +13,7 @@
 
 mod config;
 mod connect;
+mod copy_out;
 mod error;
 mod event_row;
 mod ident;
@@ -25,6 +26,7 @@ pub mod tls;
 
 pub use config::DatabaseConfig;
 pub use connect::{ConnectOptions, Connector, redact};
+pub use copy_out::{BinaryTuples, RawEventRow, copy_out_events_sql};
 pub use error::{is_creation_race, pg_error, pool_error};
 pub use event_row::{COPY_TYPES, EVENT_COLUMNS, EventRow, RawJsonb, copy_sql, stored_event_from_row, write_event_row};
 pub use ident::{quote_ident, quote_literal};

@@ -167,6 +167,8 @@ pub(crate) const MEASURE_GROUPS: &[(&str, &str)] = &[
     ("verify_leaves_per_sec_per_core", "integrity"),
     ("verify_ratio_vs_in_memory", "integrity"),
     ("proof_bytes", "integrity"),
+    ("proof_p50_ms", "integrity"),
+    ("verify_in_memory_value_path_leaves_per_sec", "integrity"),
     ("retention_drop_ratio_vs_delete", "retention"),
     ("retention_reader_max_block_ms", "retention"),
     ("retention_archive_ratio_vs_compress", "retention"),
