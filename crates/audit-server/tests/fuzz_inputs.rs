@@ -717,9 +717,9 @@ struct HeaderCase {
 /// Header value bytes: anything but CR and LF (the line structure), often printable, sometimes not UTF-8.
 fn value_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
-        proptest::collection::vec(any::<u8>().prop_filter("no CR/LF", |b| *b != b'\r' && *b != b'\n'), 0..max),
-        proptest::collection::vec(0x20u8..0x7f, 0..max),
-        proptest::collection::vec(0x80u8..=0xff, 1..8),
+        1 => proptest::collection::vec(any::<u8>().prop_filter("no CR/LF", |b| *b != b'\r' && *b != b'\n'), 0..max),
+        4 => proptest::collection::vec(0x20u8..0x7f, 0..max),
+        1 => proptest::collection::vec(0x80u8..=0xff, 1..8),
     ]
 }
 
@@ -785,7 +785,7 @@ fn header_case() -> impl Strategy<Value = HeaderCase> {
     ];
     let extra = proptest::collection::vec(
         (name, prop_oneof![value_bytes(60), (1usize..120_000).prop_map(|n| vec![b'h'; n])]),
-        0..4,
+        0..3,
     );
     (route, auth, content_type, length, accept, proptest::collection::vec(value_bytes(40), 0..3), extra).prop_map(
         |(route, auth, content_type, length, accept, idempotency, extra)| HeaderCase {
@@ -957,7 +957,7 @@ async fn http_headers_never_cause_a_5xx_and_refused_requests_write_nothing() {
             let request = raw_http::request(method, path, &head, &payload);
             let (answer, stored) = tokio::task::block_in_place(|| {
                 handle.block_on(async {
-                    let a = raw_http::send(port, &request, std::time::Duration::from_secs(4)).await;
+                    let a = raw_http::send(port, &request, std::time::Duration::from_millis(1_500)).await;
                     let stored: Vec<Uuid> = pg
                         .query("SELECT event_id FROM audit_log WHERE event_id = ANY($1)", &[&sent])
                         .await
@@ -970,8 +970,21 @@ async fn http_headers_never_cause_a_5xx_and_refused_requests_write_nothing() {
             });
             let a = answer.map_err(|e| TestCaseError::fail(format!("transport error: {e}")))?;
             *statuses.lock().unwrap().entry(a.status).or_default() += 1;
-            prop_assert!(a.status >= 200 && a.status < 500, "status {} for {case:?}: {}", a.status, a.text());
             let stored: BTreeSet<Uuid> = stored.into_iter().collect();
+            if a.cut {
+                // The request promised more body than it sent and the server waited for it; the client gave up. No
+                // 5xx; what was stored are complete lines of this request (a streamed batch stores complete lines
+                // before a broken body ends it, and reports them to a client that is still there).
+                prop_assert!(
+                    matches!(case.length, LengthH::Long(_)),
+                    "the server waited on a request that sent its whole body: {case:?}"
+                );
+                prop_assert!(a.status == 0 || a.status < 500, "status {} for {case:?}: {}", a.status, a.text());
+                prop_assert!(acknowledged_ids(&a.body).is_subset(&stored), "acknowledged but not stored: {case:?}");
+                prop_assert!(stored.is_empty() || matches!(case.route, RouteH::Batch), "stored {stored:?}: {case:?}");
+                return Ok(());
+            }
+            prop_assert!(a.status >= 200 && a.status < 500, "status {} for {case:?}: {}", a.status, a.text());
             if (200..300).contains(&a.status) {
                 let acked = acknowledged_ids(&a.body);
                 prop_assert_eq!(&stored, &acked, "stored ≠ acknowledged for {:?}: {}", case, a.text());
