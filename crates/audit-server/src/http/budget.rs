@@ -41,8 +41,8 @@ impl Drop for Held {
 }
 
 impl BodyBudget {
-    /// A budget of `total` bytes for bodies of at most `body_limit` bytes (`total >= body_limit`, checked by the
-    /// configuration).
+    /// A budget of `total` bytes for bodies of at most `body_limit` bytes (a body larger than `total` reserves all
+    /// of it and runs alone).
     pub(crate) fn new(total: usize, body_limit: usize) -> Self {
         let b = Self { sem: Arc::new(Semaphore::new(total)), total, body_limit };
         b.publish();
@@ -64,8 +64,9 @@ impl BodyBudget {
         use axum::body::HttpBody as _;
         let hint = req.body().size_hint();
         let n = hint.exact().or(hint.upper()).unwrap_or(u64::MAX);
-        // Over the limit: refused with 413 before this layer (or by the reader); clamp anyway.
-        usize::try_from(n).unwrap_or(usize::MAX).min(self.body_limit)
+        // Over the limit: refused with 413 before this layer (or by the reader); clamp anyway. A body larger than the
+        // whole budget takes all of it: it runs alone.
+        usize::try_from(n).unwrap_or(usize::MAX).min(self.body_limit).min(self.total)
     }
 
     /// Reserves `n` bytes now or refuses; never waits (a waiting request would hold its connection and buffers).
