@@ -19,8 +19,10 @@ pub(crate) const FAULTS: &[(&str, &str)] = &[
     ("serve-kill", "kill_9_of_serve_during_http_ingest_loses_no_acknowledged_event"),
     ("ingest-kill", "kill_9_of_ingest_mid_file_then_the_same_file_again_stores_every_line_once"),
     ("postgres-crash", "a_postgres_crash_during_library_ingest_loses_no_acknowledged_event"),
+    ("postmaster-kill", "kill_9_of_the_postmaster_during_library_ingest_loses_no_acknowledged_event"),
     ("redis-kill", "redis_killed_during_a_read_write_mix_leaves_every_answer_fresh_and_correct"),
     ("archive-unwritable", "an_unwritable_archive_during_retention_drops_nothing"),
+    ("archive-full", "a_full_archive_disk_during_retention_drops_nothing_and_a_later_run_archives_everything"),
 ];
 
 /// Arguments of `cargo xtask chaos`.
@@ -35,7 +37,8 @@ pub(crate) struct ChaosArgs {
     /// Seed of the run (printed; give it again to replay the same faults and timings).
     #[arg(long)]
     seed: Option<u64>,
-    /// Only this fault kind (serve-kill, ingest-kill, postgres-crash, redis-kill, archive-unwritable).
+    /// Only this fault kind (serve-kill, ingest-kill, postgres-crash, postmaster-kill, redis-kill,
+    /// archive-unwritable, archive-full).
     #[arg(long)]
     only: Option<String>,
 }

@@ -78,9 +78,12 @@ metrics! {
     INSERT_QUEUE_DEPTH = "audit_db_insert_queue_depth", Gauge, [], "Events waiting for the group-commit writer";
     /// Capacity of the group-commit queue.
     INSERT_QUEUE_CAPACITY = "audit_db_insert_queue_capacity", Gauge, [], "Capacity of the group-commit queue";
+    /// Request-body bytes the HTTP service holds now (its in-flight body budget in use).
+    HTTP_INFLIGHT_BODY_BYTES = "audit_db_http_inflight_body_bytes", Gauge, [],
+        "Request-body bytes in flight in the HTTP service (reserved before a body is read, released when its events are acknowledged); bounded by api.inflightBodyBytes";
     /// Work refused to protect the service.
     LOAD_SHED = "audit_db_load_shed_total", Counter, ["reason"],
-        "Requests refused to protect the service (queue_full, concurrency, database_unavailable)";
+        "Requests refused to protect the service (queue_full, concurrency, database_unavailable, body_budget)";
     /// Batches that waited for an unavailable database.
     WRITE_WAITS = "audit_db_write_waits_total", Counter, [],
         "Times a write batch waited for an unavailable database instead of failing";

@@ -671,11 +671,29 @@ impl PrivateCluster {
         cmd
     }
 
-    /// `pg_ctl status`: 0 = running, 3 = not running.
+    /// `pg_ctl status`: 0 = running, 3 = not running — unless the postmaster it names is a zombie. A postmaster that
+    /// died (`kill -9`, OOM killer) stays a zombie until its parent reaps it, and where nothing does (an init that does
+    /// not reap orphans, a container whose PID 1 is not an init) `pg_ctl status` still answers "running", so
+    /// [`Self::start`] would wait for a dead server instead of starting it (found by the postmaster-kill fault).
     async fn postmaster_alive(&self) -> bool {
         let mut cmd = self.pg_ctl();
         cmd.arg("status");
-        matches!(cmd.output().await, Ok(out) if out.status.success())
+        matches!(cmd.output().await, Ok(out) if out.status.success()) && !self.postmaster_is_zombie()
+    }
+
+    /// Whether the pid of `postmaster.pid` is a zombie (Linux `/proc`; elsewhere: never).
+    fn postmaster_is_zombie(&self) -> bool {
+        let Some(pid) = std::fs::read_to_string(self.data_dir.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+        else {
+            return false;
+        };
+        // `/proc/<pid>/stat`: `pid (comm) state …`; comm may hold spaces and parentheses, the state follows the last `)`.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .unwrap_or(false)
     }
 
     fn remembered_port(&self) -> Option<u16> {

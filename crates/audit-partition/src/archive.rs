@@ -153,12 +153,21 @@ impl Archive for DirArchive {
                 let target = dir.join(&manifest.file_name);
                 std::fs::rename(&staged, &target).map_err(|e| io_err(e, "moving into place", &target))?;
                 let manifest_path = dir.join(format!("{}.manifest.json", manifest.file_name));
-                let body = serde_json::to_vec_pretty(&manifest)
-                    .map_err(|e| AuditError::permanent(format!("archive: encoding manifest: {e}")))?;
-                let mut f = File::create(&manifest_path).map_err(|e| io_err(e, "creating", &manifest_path))?;
-                f.write_all(&body).map_err(|e| io_err(e, "writing", &manifest_path))?;
-                f.sync_all().map_err(|e| io_err(e, "syncing", &manifest_path))?;
-                File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io_err(e, "syncing", &dir))?;
+                let written = (|| {
+                    let body = serde_json::to_vec_pretty(&manifest)
+                        .map_err(|e| AuditError::permanent(format!("archive: encoding manifest: {e}")))?;
+                    let mut f = File::create(&manifest_path).map_err(|e| io_err(e, "creating", &manifest_path))?;
+                    f.write_all(&body).map_err(|e| io_err(e, "writing", &manifest_path))?;
+                    f.sync_all().map_err(|e| io_err(e, "syncing", &manifest_path))?;
+                    File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io_err(e, "syncing", &dir))
+                })();
+                if let Err(e) = written {
+                    // The partition is not dropped: an archive file without its manifest (disk full) is an orphan no
+                    // run would complete, holding space; remove both.
+                    let _ = std::fs::remove_file(&manifest_path);
+                    let _ = std::fs::remove_file(&target);
+                    return Err(e);
+                }
                 Ok(ArchiveReceipt {
                     location: target.display().to_string(),
                     manifest_location: manifest_path.display().to_string(),

@@ -88,6 +88,11 @@ pub struct ApiConfig {
     pub request_timeout_ms: u64,
     /// Requests served at once; more wait for a slot (bounds memory and database pressure).
     pub concurrency_limit: usize,
+    /// Request-body bytes in flight at once, over all requests (from before the body is read until its events are
+    /// acknowledged). A request whose bytes do not fit is answered 429 + `Retry-After` with its body discarded
+    /// unbuffered, so memory under overload is bounded by this budget instead of by the number of clients. A body
+    /// larger than the budget reserves all of it (it runs alone).
+    pub inflight_body_bytes: usize,
     /// Record every read of audit data as an `audit_log_access` event in the reader's organisation. Off only for
     /// tests and benchmarks: HIPAA audit controls cover access to the audit log itself.
     pub audit_reads: bool,
@@ -95,12 +100,19 @@ pub struct ApiConfig {
     pub key_cache_ttl_ms: u64,
 }
 
+/// Default of `api.inflightBodyBytes`: 2 MiB. Parsed and prepared events take about ten times their NDJSON size
+/// while they wait for the database, so this bounds serve's extra memory under overload to some 20–25 MiB; a few
+/// typical batches fit at once, which keeps the database busy (its write rate, not the budget, limits throughput:
+/// docs/reliability.md). A body larger than the budget (up to `api.bodyLimitBytes`) runs alone.
+pub const DEFAULT_INFLIGHT_BODY_BYTES: usize = 2 * 1024 * 1024;
+
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             body_limit_bytes: 10 * 1024 * 1024,
             request_timeout_ms: 300_000,
             concurrency_limit: 1024,
+            inflight_body_bytes: DEFAULT_INFLIGHT_BODY_BYTES,
             audit_reads: true,
             key_cache_ttl_ms: 1_000,
         }
@@ -117,6 +129,12 @@ impl ApiConfig {
         }
         if self.concurrency_limit == 0 {
             return Err(("api.concurrencyLimit", "must be at least 1".into()));
+        }
+        if self.inflight_body_bytes == 0 {
+            return Err(("api.inflightBodyBytes", "must be at least 1".into()));
+        }
+        if u32::try_from(self.body_limit_bytes).is_err() {
+            return Err(("api.bodyLimitBytes", "at most 4294967295 (4 GiB)".into()));
         }
         if self.key_cache_ttl_ms > 1_000 {
             return Err(("api.keyCacheTtlMs", "at most 1000: a revoked key must stop working within a second".into()));
@@ -290,6 +308,10 @@ pub const ENVIRONMENT: &[(&str, Setter)] = &[
     }),
     ("AUDIT_DB_API_CONCURRENCY", |c, k, v| {
         c.api.concurrency_limit = parse(k, v)?;
+        Ok(())
+    }),
+    ("AUDIT_DB_API_INFLIGHT_BYTES", |c, k, v| {
+        c.api.inflight_body_bytes = parse(k, v)?;
         Ok(())
     }),
     ("AUDIT_DB_AUDIT_READS", |c, k, v| {

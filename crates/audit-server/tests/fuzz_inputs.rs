@@ -6,7 +6,11 @@
 //! - query filters and cursors, from HTTP query strings and from CLI flags (`FilterParams`);
 //! - configuration files and environment values (`AuditConfig::load`);
 //! - evidence packs given to `verify-pack` (corrupted, truncated, oversized, path-traversing names);
-//! - signed notes (checkpoints).
+//! - signed notes (checkpoints);
+//! - HTTP headers against a real `audit-db serve` (raw TCP): hostile `Authorization`, `Content-Type`,
+//!   `Content-Length` (short, long, garbage, twice, with `Transfer-Encoding`), `Accept`, `Idempotency-Key`,
+//!   duplicate and huge headers, non-UTF-8 bytes — never a 5xx, every refusal names what was wrong, nothing of a
+//!   refused request written.
 //!
 //! Properties: never a panic; every rejection names what was wrong (a field, parameter, key or file); nothing is
 //! written for a rejected input, and valid data beside it is stored.
@@ -15,6 +19,10 @@
 
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "support/raw_http.rs"]
+mod raw_http;
+#[path = "support/service.rs"]
+mod service;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
@@ -656,4 +664,352 @@ async fn evidence_packs_never_panic_and_every_problem_names_a_file() {
     let o = cli::run_offline(&["verify-pack", pack_dir.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", cli::stdout(&o));
     assert!(cli::stdout(&o).contains("events.ndjson"), "{}", cli::stdout(&o));
+}
+
+// --- HTTP headers against a real serve ----------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum AuthH {
+    Valid,
+    LowerScheme,
+    Missing,
+    Empty,
+    Basic,
+    Bytes(Vec<u8>),
+    Huge(usize),
+    ValidThenBad(Vec<u8>),
+    BadThenValid(Vec<u8>),
+    UnknownKey(String),
+}
+
+#[derive(Debug, Clone)]
+enum LengthH {
+    Exact,
+    Short(usize),
+    Long(usize),
+    Garbage(String),
+    TwiceDiffering(usize),
+    TwiceSame,
+    Chunked,
+    ChunkedAndLength,
+    None,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RouteH {
+    Single,
+    Array,
+    Batch,
+    List,
+}
+
+#[derive(Debug, Clone)]
+struct HeaderCase {
+    route: RouteH,
+    auth: AuthH,
+    content_type: Option<Vec<u8>>,
+    length: LengthH,
+    accept: Option<Vec<u8>>,
+    idempotency: Vec<Vec<u8>>,
+    extra: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Header value bytes: anything but CR and LF (the line structure), often printable, sometimes not UTF-8.
+fn value_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        1 => proptest::collection::vec(any::<u8>().prop_filter("no CR/LF", |b| *b != b'\r' && *b != b'\n'), 0..max),
+        4 => proptest::collection::vec(0x20u8..0x7f, 0..max),
+        1 => proptest::collection::vec(0x80u8..=0xff, 1..8),
+    ]
+}
+
+fn header_case() -> impl Strategy<Value = HeaderCase> {
+    let route = prop_oneof![Just(RouteH::Single), Just(RouteH::Array), Just(RouteH::Batch), Just(RouteH::List)];
+    let auth = prop_oneof![
+        4 => Just(AuthH::Valid),
+        1 => Just(AuthH::LowerScheme),
+        1 => Just(AuthH::Missing),
+        1 => Just(AuthH::Empty),
+        1 => Just(AuthH::Basic),
+        1 => value_bytes(80).prop_map(AuthH::Bytes),
+        1 => (1usize..200_000).prop_map(AuthH::Huge),
+        1 => value_bytes(40).prop_map(AuthH::ValidThenBad),
+        1 => value_bytes(40).prop_map(AuthH::BadThenValid),
+        1 => "[A-Za-z0-9_.-]{0,80}".prop_map(AuthH::UnknownKey),
+    ];
+    let content_type = prop_oneof![
+        Just(None),
+        Just(Some(b"application/json".to_vec())),
+        Just(Some(b"application/x-ndjson".to_vec())),
+        Just(Some(b"application/json; charset=utf-16".to_vec())),
+        Just(Some(b"text/plain".to_vec())),
+        Just(Some(b"multipart/form-data; boundary=x".to_vec())),
+        value_bytes(60).prop_map(Some),
+    ];
+    let length = prop_oneof![
+        4 => Just(LengthH::Exact),
+        1 => (1usize..64).prop_map(LengthH::Short),
+        1 => (1usize..64).prop_map(LengthH::Long),
+        1 => prop_oneof![
+            Just("-1".to_string()),
+            Just("abc".to_string()),
+            Just("99999999999999999999999".to_string()),
+            Just("1e3".to_string()),
+            Just(" ".to_string()),
+            Just("+5".to_string()),
+            "[0-9a-z ,+-]{0,12}",
+        ]
+        .prop_map(LengthH::Garbage),
+        1 => (1usize..64).prop_map(LengthH::TwiceDiffering),
+        1 => Just(LengthH::TwiceSame),
+        1 => Just(LengthH::Chunked),
+        1 => Just(LengthH::ChunkedAndLength),
+        1 => Just(LengthH::None),
+    ];
+    let accept = prop_oneof![
+        Just(None),
+        Just(Some(b"application/json".to_vec())),
+        Just(Some(b"application/fhir+json".to_vec())),
+        Just(Some(b"*/*;q=0.1, text/html".to_vec())),
+        value_bytes(60).prop_map(Some),
+    ];
+    let name = prop_oneof![
+        "[A-Za-z][A-Za-z0-9-]{0,30}".prop_map(String::into_bytes),
+        Just(b"X-Audit-Min-LSN".to_vec()),
+        Just(b"X-Audit-Consistency".to_vec()),
+        Just(b"Host".to_vec()),
+        Just(b"Expect".to_vec()),
+        Just(b"Transfer-Encoding".to_vec()),
+        Just(b"X-Request-Id".to_vec()),
+        proptest::collection::vec(any::<u8>().prop_filter("no CR/LF/colon", |b| !b"\r\n:".contains(b)), 1..20),
+    ];
+    let extra = proptest::collection::vec(
+        (name, prop_oneof![value_bytes(60), (1usize..120_000).prop_map(|n| vec![b'h'; n])]),
+        0..3,
+    );
+    (route, auth, content_type, length, accept, proptest::collection::vec(value_bytes(40), 0..3), extra).prop_map(
+        |(route, auth, content_type, length, accept, idempotency, extra)| HeaderCase {
+            route,
+            auth,
+            content_type,
+            length,
+            accept,
+            idempotency,
+            extra,
+        },
+    )
+}
+
+/// Event ids a 2xx answer acknowledges (JSON or NDJSON; objects whose `result` is stored or duplicate).
+fn acknowledged_ids(body: &[u8]) -> BTreeSet<Uuid> {
+    fn walk(v: &Value, out: &mut BTreeSet<Uuid>) {
+        match v {
+            Value::Object(o) => {
+                if matches!(o.get("result").and_then(Value::as_str), Some("stored" | "duplicate"))
+                    && let Some(id) = o.get("event_id").and_then(Value::as_str).and_then(|s| s.parse().ok())
+                {
+                    out.insert(id);
+                }
+                o.values().for_each(|x| walk(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    let text = String::from_utf8_lossy(body);
+    match serde_json::from_str::<Value>(&text) {
+        Ok(v) => walk(&v, &mut out),
+        Err(_) => text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).for_each(|v| walk(&v, &mut out)),
+    }
+    out
+}
+
+/// What a refusal's detail may name: a header, the body or one of its lines/fields, a parameter, a setting.
+fn names_what_was_wrong(detail: &str) -> bool {
+    let d = detail.to_ascii_lowercase();
+    [
+        "authorization",
+        "body",
+        "content-type",
+        "content-length",
+        "x-audit-",
+        "accept",
+        "format",
+        "line ",
+        "query",
+        "api.",
+    ]
+    .iter()
+    .any(|n| d.contains(n))
+        || FIELDS.iter().any(|f| d.contains(f))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_headers_never_cause_a_5xx_and_refused_requests_write_nothing() {
+    let db = TestDb::create("fuzz_headers").await;
+    cli::ok(&cli::run(&db.url, &[], &["migrate"]), "migrate");
+    let created = cli::run(&db.url, &[], &["api-keys", "create", "--org", "hdr", "--scopes", "ingest,query"]);
+    cli::ok(&created, "api-keys create");
+    let key = cli::stdout(&created).trim().to_string();
+    let svc = service::Service::start(&db, &[("AUDIT_DB_AUDIT_READS", "false")]).await;
+    let port: u16 = svc.base.rsplit(':').next().unwrap().parse().unwrap();
+    let pg = audit_testkit::sql(&db.url).await;
+    let handle = tokio::runtime::Handle::current();
+    let statuses = std::sync::Mutex::new(BTreeMap::<u16, u32>::new());
+    let mut runner = TestRunner::new(config(64));
+    runner
+        .run(&header_case(), |case| {
+            let event = |n: usize| {
+                let mut e = valid_event();
+                e["organization_id"] = json!("hdr");
+                e["details"] = json!({"n": n});
+                e
+            };
+            let (method, path, body, sent): (&str, &str, Vec<u8>, Vec<Uuid>) = match case.route {
+                RouteH::Single => {
+                    let e = event(0);
+                    let id = e["event_id"].as_str().unwrap().parse().unwrap();
+                    ("POST", "/v1/events", e.to_string().into_bytes(), vec![id])
+                }
+                RouteH::Array => {
+                    let es = vec![event(0), event(1)];
+                    let ids = es.iter().map(|e| e["event_id"].as_str().unwrap().parse().unwrap()).collect();
+                    ("POST", "/v1/events", Value::Array(es).to_string().into_bytes(), ids)
+                }
+                RouteH::Batch => {
+                    let es = [event(0), event(1), event(2)];
+                    let ids = es.iter().map(|e| e["event_id"].as_str().unwrap().parse().unwrap()).collect();
+                    let text: String = es.iter().map(|e| format!("{e}\n")).collect();
+                    ("POST", "/v1/events:batch", text.into_bytes(), ids)
+                }
+                RouteH::List => ("GET", "/v1/events?limit=5", Vec::new(), Vec::new()),
+            };
+            let mut head: Vec<Vec<u8>> = Vec::new();
+            let bearer = format!("Bearer {key}").into_bytes();
+            let auth = |v: &[u8]| [b"Authorization: ".as_slice(), v].concat();
+            match &case.auth {
+                AuthH::Valid => head.push(auth(&bearer)),
+                AuthH::LowerScheme => head.push(auth(format!("bearer {key}").as_bytes())),
+                AuthH::Missing => {}
+                AuthH::Empty => head.push(auth(b"")),
+                AuthH::Basic => head.push(auth(b"Basic dXNlcjpwYXNz")),
+                AuthH::Bytes(b) => head.push(auth(b)),
+                AuthH::Huge(n) => head.push(auth(&[b"Bearer ".as_slice(), &vec![b'k'; *n]].concat())),
+                AuthH::ValidThenBad(b) => {
+                    head.push(auth(&bearer));
+                    head.push(auth(b));
+                }
+                AuthH::BadThenValid(b) => {
+                    head.push(auth(b));
+                    head.push(auth(&bearer));
+                }
+                AuthH::UnknownKey(k) => head.push(auth(format!("Bearer {k}").as_bytes())),
+            }
+            if let Some(ct) = &case.content_type {
+                head.push([b"Content-Type: ".as_slice(), ct].concat());
+            }
+            if let Some(a) = &case.accept {
+                head.push([b"Accept: ".as_slice(), a].concat());
+            }
+            for k in &case.idempotency {
+                head.push([b"Idempotency-Key: ".as_slice(), k].concat());
+            }
+            for (n, v) in &case.extra {
+                head.push([n.as_slice(), b": ", v].concat());
+            }
+            let cl = |n: usize| format!("Content-Length: {n}").into_bytes();
+            let chunked = |b: &[u8]| {
+                let mut out = Vec::new();
+                if !b.is_empty() {
+                    out.extend(format!("{:x}\r\n", b.len()).into_bytes());
+                    out.extend_from_slice(b);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+                out
+            };
+            let mut payload = body.clone();
+            match &case.length {
+                LengthH::Exact => head.push(cl(body.len())),
+                LengthH::Short(d) => head.push(cl(body.len().saturating_sub(*d))),
+                LengthH::Long(d) => head.push(cl(body.len() + d)),
+                LengthH::Garbage(g) => head.push(format!("Content-Length: {g}").into_bytes()),
+                LengthH::TwiceDiffering(d) => {
+                    head.push(cl(body.len()));
+                    head.push(cl(body.len() + d));
+                }
+                LengthH::TwiceSame => {
+                    head.push(cl(body.len()));
+                    head.push(cl(body.len()));
+                }
+                LengthH::Chunked => {
+                    head.push(b"Transfer-Encoding: chunked".to_vec());
+                    payload = chunked(&body);
+                }
+                LengthH::ChunkedAndLength => {
+                    head.push(b"Transfer-Encoding: chunked".to_vec());
+                    head.push(cl(body.len()));
+                    payload = chunked(&body);
+                }
+                LengthH::None => {}
+            }
+            let request = raw_http::request(method, path, &head, &payload);
+            let (answer, stored) = tokio::task::block_in_place(|| {
+                handle.block_on(async {
+                    let a = raw_http::send(port, &request, std::time::Duration::from_millis(1_500)).await;
+                    let stored: Vec<Uuid> = pg
+                        .query("SELECT event_id FROM audit_log WHERE event_id = ANY($1)", &[&sent])
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    (a, stored)
+                })
+            });
+            let a = answer.map_err(|e| TestCaseError::fail(format!("transport error: {e}")))?;
+            *statuses.lock().unwrap().entry(a.status).or_default() += 1;
+            let stored: BTreeSet<Uuid> = stored.into_iter().collect();
+            if a.cut {
+                // The request promised more body than it sent and the server waited for it; the client gave up. No
+                // 5xx; what was stored are complete lines of this request (a streamed batch stores complete lines
+                // before a broken body ends it, and reports them to a client that is still there).
+                prop_assert!(
+                    matches!(case.length, LengthH::Long(_)),
+                    "the server waited on a request that sent its whole body: {case:?}"
+                );
+                prop_assert!(a.status == 0 || a.status < 500, "status {} for {case:?}: {}", a.status, a.text());
+                prop_assert!(acknowledged_ids(&a.body).is_subset(&stored), "acknowledged but not stored: {case:?}");
+                prop_assert!(stored.is_empty() || matches!(case.route, RouteH::Batch), "stored {stored:?}: {case:?}");
+                return Ok(());
+            }
+            prop_assert!(a.status >= 200 && a.status < 500, "status {} for {case:?}: {}", a.status, a.text());
+            if (200..300).contains(&a.status) {
+                let acked = acknowledged_ids(&a.body);
+                prop_assert_eq!(&stored, &acked, "stored ≠ acknowledged for {:?}: {}", case, a.text());
+            } else {
+                prop_assert!(stored.is_empty(), "a {} wrote {stored:?} for {case:?}", a.status);
+                if a.header("content-type") == Some("application/problem+json") {
+                    let p: Value = serde_json::from_slice(&a.body)
+                        .map_err(|e| TestCaseError::fail(format!("problem not JSON ({e}): {}", a.text())))?;
+                    let detail = p["detail"].as_str().unwrap_or_default();
+                    prop_assert!(names_what_was_wrong(detail), "refusal names nothing: {p} for {case:?}");
+                } else {
+                    // hyper's own refusals of a request it cannot parse (bad header bytes, conflicting lengths, too
+                    // large a head) come before any route, without a body.
+                    prop_assert!(
+                        [400, 413, 431].contains(&a.status) && a.body.is_empty(),
+                        "a refusal without a problem body: {} {} for {case:?}",
+                        a.status,
+                        a.text()
+                    );
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    println!("fuzz http-headers: statuses {:?}", statuses.lock().unwrap());
+    ran("http-headers", runner.config().cases);
+    drop(svc);
 }

@@ -111,6 +111,7 @@ const SERVE_MUST: &[&str] = &[
     "audit_db_verify_last_run_timestamp_seconds",
     "audit_db_http_requests_total",
     "audit_db_http_request_duration_seconds",
+    "audit_db_http_inflight_body_bytes",
 ];
 
 /// Metrics neither run produces, and why. When one appears in a scrape it is still checked (type, help, labels).

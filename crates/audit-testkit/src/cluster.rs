@@ -71,3 +71,38 @@ pub async fn start_private_cluster_with(options: ClusterOptions) -> anyhow::Resu
     let cluster = PrivateCluster::open(dir.path().join("data"), options).await.context("starting a private cluster")?;
     Ok(TestCluster { cluster, dir })
 }
+
+/// Kills `cluster`'s postmaster with SIGKILL — a crash no shutdown code of PostgreSQL sees (unlike `pg_ctl stop -m
+/// immediate`, which signals it): its backends notice the dead postmaster and exit on their own. Returns the pid.
+pub fn kill_postmaster(cluster: &PrivateCluster) -> anyhow::Result<i32> {
+    let pid_file = cluster.data_dir().join("postmaster.pid");
+    let text = std::fs::read_to_string(&pid_file).with_context(|| format!("reading {}", pid_file.display()))?;
+    let pid: i32 = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("{}: no pid on its first line", pid_file.display()))?;
+    let out = std::process::Command::new("kill").args(["-9", &pid.to_string()]).output().context("running kill")?;
+    anyhow::ensure!(out.status.success(), "kill -9 {pid}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(pid)
+}
+
+/// Starts `cluster` after a crash, retrying while the dead postmaster's children still hold its shared memory
+/// ("pre-existing shared memory block is still in use"), for at most `limit`.
+pub async fn start_after_crash(cluster: &PrivateCluster, limit: std::time::Duration) -> anyhow::Result<u32> {
+    let started = std::time::Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match cluster.start().await {
+            Ok(()) => return Ok(attempts),
+            Err(e) if started.elapsed() < limit => {
+                tracing::info!(error = %e, attempts, "PostgreSQL does not start yet after the crash; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("starting after a crash ({attempts} attempts)")));
+            }
+        }
+    }
+}

@@ -104,7 +104,7 @@ fn item_json(index: usize, item: &BatchItem) -> Value {
         (status = 401, description = "No or unknown key", body = super::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Wrong scope or organisation", body = super::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large; nothing stored", body = super::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Insert queue full; retry after Retry-After", body = super::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Insert queue or in-flight body budget full; nothing stored; retry after Retry-After", body = super::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = super::Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn post_events(
@@ -140,6 +140,8 @@ pub(crate) async fn post_events(
 /// The state of one streamed batch.
 struct BatchStream {
     body: BoxStream<'static, Result<Bytes, axum::Error>>,
+    /// This request's bytes of the in-flight body budget, held until the last result line is written.
+    _budget: Option<super::budget::BodyReservation>,
     state: Arc<ServiceState>,
     caller: Caller,
     /// Bytes after the last newline.
@@ -344,15 +346,18 @@ impl BatchStream {
         (status = 401, description = "No or unknown key", body = super::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Key lacks the ingest scope", body = super::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large; nothing stored", body = super::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "In-flight body budget (api.inflightBodyBytes) full; nothing stored; retry after Retry-After", body = super::Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn post_batch(
     State(s): State<Arc<ServiceState>>,
     caller: Caller,
+    budget: Option<axum::Extension<super::budget::BodyReservation>>,
     body: Body,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Ingest)?;
     let stream = BatchStream {
         body: body.into_data_stream().boxed(),
+        _budget: budget.map(|axum::Extension(b)| b),
         state: s,
         caller,
         partial: Vec::new(),
@@ -517,6 +522,7 @@ pub(crate) async fn get_event(
         (status = 401, description = "No or unknown key", body = super::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Wrong scope or organisation", body = super::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large; nothing stored", body = super::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "In-flight body budget (api.inflightBodyBytes) full; nothing stored; retry after Retry-After", body = super::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable", body = super::Problem, content_type = "application/problem+json"),
     ))]
 pub(crate) async fn post_fhir_audit_event(

@@ -1,5 +1,5 @@
 //! The tower layers around every route: request ids, trace spans, HTTP metrics, a per-request timeout, an early
-//! body-size check and a concurrency limit. Refusals are problem details like every other error.
+//! body-size check, the in-flight body budget ([`super::budget`]) and a concurrency limit. Refusals are problem details like every other error.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,10 @@ use crate::config::ApiConfig;
 pub(crate) fn apply(router: Router, api: &ApiConfig) -> Router {
     router
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(api.concurrency_limit))
+        .layer(from_fn_with_state(
+            super::budget::BodyBudget::new(api.inflight_body_bytes, api.body_limit_bytes),
+            super::budget::reserve_body,
+        ))
         .layer(from_fn_with_state(api.body_limit_bytes, refuse_oversized))
         .layer(from_fn_with_state(Duration::from_millis(api.request_timeout_ms), time_limit))
         .layer(from_fn(record_metrics))

@@ -2,6 +2,7 @@
 //! details. Every `/v1` route needs an API key ([`auth::Caller`]); reads of audit data are themselves audited.
 
 mod auth;
+mod budget;
 mod error;
 mod events;
 mod integrity;
