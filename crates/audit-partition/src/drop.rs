@@ -247,7 +247,7 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
     ) -> AuditResult<(ArchiveReceipt, Seen)> {
         let file_name = format!("{}-{run_id}.ndjson.gz", item.partition);
         let staged: PathBuf = archive.staging_dir().join(format!("{file_name}.part"));
-        let r = self.archive_into(session, archive, run_id, item, file_name, staged.clone()).await;
+        let r = self.archive_into(session, archive, run_id, item, xid, (file_name, staged.clone())).await;
         if r.is_err() {
             // A half-written staged file (disk full, I/O error) would hold the very space a later run needs, and no
             // run ever resumes it (the name carries this run's id): remove it.
@@ -266,9 +266,9 @@ impl<R: ResiliencePolicy> PartitionManager<R> {
         archive: &Arc<dyn Archive>,
         run_id: Uuid,
         item: &mut RetentionItem,
-        file_name: String,
-        staged: PathBuf,
-    ) -> AuditResult<ArchiveReceipt> {
+        xid: i64,
+        (file_name, staged): (String, PathBuf),
+    ) -> AuditResult<(ArchiveReceipt, Seen)> {
         let what = format!("archiving {}", item.partition);
         let writer = StagedWriter::create(staged)?;
         let (writer, seen) = self.stream_events(session, &item.partition, writer, &what, xid).await?;
