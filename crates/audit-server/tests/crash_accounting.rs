@@ -395,18 +395,7 @@ async fn an_unwritable_archive_during_retention_drops_nothing() {
         std::fs::remove_file(&archive).unwrap();
         cli::ok(&cli::run(&db.url, env, &["partitions", "drop-expired"]), "drop-expired with a writable archive");
         assert_eq!(count().await, 0);
-        let mut archived = BTreeSet::new();
-        for entry in std::fs::read_dir(&archive).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "gz") {
-                let mut text = String::new();
-                std::io::Read::read_to_string(&mut flate2_gz(&path), &mut text).unwrap();
-                for l in text.lines() {
-                    let v: Value = serde_json::from_str(l).unwrap();
-                    assert!(archived.insert(v["event_id"].as_str().unwrap().parse::<Uuid>().unwrap()), "twice: {l}");
-                }
-            }
-        }
+        let archived = archived_event_ids(&archive);
         assert_eq!(archived, old, "the archive holds exactly the dropped events");
         println!("trial {trial}: {months} expired partitions, {} events: 0 dropped unarchived", old.len());
     }
@@ -557,18 +546,7 @@ async fn a_full_archive_disk_during_retention_drops_nothing_and_a_later_run_arch
         cli::ok(&cli::run(&db.url, env, &["partitions", "drop-expired"]), "drop-expired with space");
         assert_eq!(count().await, 0);
         assert_eq!(attached().await, 0);
-        let mut archived = BTreeSet::new();
-        for entry in std::fs::read_dir(&archive).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "gz") {
-                let mut text = String::new();
-                std::io::Read::read_to_string(&mut flate2_gz(&path), &mut text).unwrap();
-                for l in text.lines() {
-                    let v: Value = serde_json::from_str(l).unwrap();
-                    assert!(archived.insert(v["event_id"].as_str().unwrap().parse::<Uuid>().unwrap()), "twice: {l}");
-                }
-            }
-        }
+        let archived = archived_event_ids(&archive);
         assert_eq!(archived, old, "the archive holds exactly the dropped events");
         println!(
             "trial {trial}: {months} expired partitions, {} events, {leave} bytes free: ENOSPC, 0 dropped unarchived, \
@@ -928,4 +906,21 @@ async fn a_flood_beyond_the_body_budget_is_refused_with_429_and_every_acknowledg
         pg.query_one("SELECT count(*) FROM audit_log WHERE event_id = ANY($1)", &[&refused]).await.unwrap().get(0);
     assert_eq!(leaked, 0, "events of 429-refused requests were stored");
     drop(serve);
+}
+
+/// The event ids in every archive file of `dir`, failing on an id archived twice.
+fn archived_event_ids(dir: &std::path::Path) -> BTreeSet<Uuid> {
+    let mut archived = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "gz") {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut flate2_gz(&path), &mut text).unwrap();
+            for l in text.lines() {
+                let v: Value = serde_json::from_str(l).unwrap();
+                assert!(archived.insert(v["event_id"].as_str().unwrap().parse::<Uuid>().unwrap()), "twice: {l}");
+            }
+        }
+    }
+    archived
 }
