@@ -8,22 +8,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use audit_fhir::{BundleWriter, ExportContext, to_audit_event, write_ndjson};
 use chrono::{DateTime, Utc};
 use common::{all_stored, seed_examples, stored, validate};
 
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/validate_fhir.py")
-}
-
 fn run(files: &[&Path]) -> Output {
-    Command::new("python3")
-        .arg(script())
-        .args(files)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 (needed to validate with fhir.resources): {e}"))
+    common::run_fhir_validator(files)
 }
 
 fn ctx() -> ExportContext {

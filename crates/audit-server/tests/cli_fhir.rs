@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use audit_testkit::TestDb;
 use serde_json::{Value, json};
@@ -21,21 +21,6 @@ mod common;
 
 fn fhir_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../audit-fhir/tests")
-}
-
-fn validate_with_fhir_resources(files: &[&Path]) {
-    let out = Command::new("python3")
-        .arg(fhir_dir().join("validate_fhir.py"))
-        .args(files)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 (needed to validate with fhir.resources): {e}"));
-    assert!(
-        out.status.success(),
-        "fhir.resources rejects the export (exit {:?})\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn run(db: &TestDb, args: &[&str]) -> Output {
@@ -81,7 +66,7 @@ async fn fhir_export_validates_and_ingest_gives_every_field_back() {
     assert!(stderr(&o).contains(&format!("exported {n} AuditEvent resources")), "{}", stderr(&o));
     let ndjson_path = dir.path().join("events.fhir.ndjson");
     ok(&run(&source, &["export", "--format", "fhir-ndjson", "--out", ndjson_path.to_str().unwrap()]), "export ndjson");
-    validate_with_fhir_resources(&[&bundle_path, &ndjson_path]);
+    common::validate_with_fhir_resources(&[&bundle_path, &ndjson_path]);
     let bundle: Value = serde_json::from_slice(&std::fs::read(&bundle_path).unwrap()).unwrap();
     assert_eq!(bundle["resourceType"], "Bundle");
     assert_eq!(bundle["type"], "collection");

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use audit_testkit::TestDb;
 use chrono::{Duration, SecondsFormat, Utc};
@@ -16,28 +15,13 @@ use uuid::Uuid;
 
 #[path = "support/cli.rs"]
 mod cli;
+#[path = "../../audit-fhir/tests/common/mod.rs"]
+mod common;
 #[path = "support/service.rs"]
 mod service;
 use service::Service;
 
 const ORG: &str = "north-clinic";
-
-fn validate_with_fhir_resources(files: &[PathBuf]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../audit-fhir/tests/validate_fhir.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .args(files)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 (needed to validate with fhir.resources): {e}"));
-    assert!(
-        out.status.success(),
-        "fhir.resources rejects a page (exit {:?})\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 fn link<'a>(bundle: &'a Value, relation: &str) -> Option<&'a str> {
     bundle["link"].as_array()?.iter().find(|l| l["relation"] == relation)?["url"].as_str()
@@ -143,5 +127,6 @@ async fn following_next_links_walks_every_event_once_and_every_page_validates() 
     assert_eq!(unique, expected, "every matching event, and only those");
 
     // The API's Bundles, links included, are valid FHIR R4 for an independent library: 3 Bundles + 23 entries.
-    assert_eq!(validate_with_fhir_resources(&pages), "validated 26 resources");
+    let pages: Vec<&Path> = pages.iter().map(PathBuf::as_path).collect();
+    assert_eq!(common::validate_with_fhir_resources(&pages), "validated 26 resources");
 }

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
 use audit_core::{DataClassification, NewEvent, Status, StoredEvent, Validator};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
@@ -185,4 +188,31 @@ pub(crate) fn generated() -> Vec<Value> {
 /// The seed examples followed by the generated sample, validated and stored.
 pub(crate) fn all_stored() -> Vec<StoredEvent> {
     seed_examples().into_iter().chain(generated()).enumerate().map(|(n, v)| stored(validate(v), n as i64)).collect()
+}
+
+/// `tests/validate_fhir.py`, found from any crate of the workspace that includes this module.
+pub(crate) fn fhir_validator_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../audit-fhir/tests/validate_fhir.py")
+}
+
+/// Runs the independent validator (PyPI `fhir.resources`) on `files`: the one place it is invoked.
+pub(crate) fn run_fhir_validator(files: &[&Path]) -> Output {
+    Command::new("python3")
+        .arg(fhir_validator_script())
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 (needed to validate with fhir.resources): {e}"))
+}
+
+/// Fails the test unless every resource in `files` validates; returns the validator's summary line.
+pub(crate) fn validate_with_fhir_resources(files: &[&Path]) -> String {
+    let out = run_fhir_validator(files);
+    assert!(
+        out.status.success(),
+        "fhir.resources rejects {files:?} (exit {:?})\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
