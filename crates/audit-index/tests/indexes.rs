@@ -9,7 +9,7 @@ use audit_core::IndexAdvisor;
 use audit_core::indexes::{ApplyPolicy, Costing, FindingKind, IndexAction, PROTECTED_INDEXES};
 use audit_index::{IndexConfig, IndexManager};
 use audit_pg::{ConnectOptions, Connector};
-use audit_testkit::cluster::{start_private_cluster_with, test_options};
+use audit_testkit::cluster::start_private_cluster_with_statements;
 use chrono::Utc;
 
 const ROWS: i64 = 120_000;
@@ -70,9 +70,7 @@ async fn run_workload(pg: &tokio_postgres::Client, n: usize) -> Duration {
 /// planner uses it; a partition created afterwards has it; status equals pg_stat_user_indexes summed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn recommends_the_missing_index_and_builds_it_while_writers_insert() -> anyhow::Result<()> {
-    let mut options = test_options();
-    options.settings.push(("shared_preload_libraries".into(), "pg_stat_statements".into()));
-    let cluster = start_private_cluster_with(options).await?;
+    let cluster = start_private_cluster_with_statements().await?;
     let url = cluster.url();
     let (connector, pg) = setup(&url).await?;
     pg.batch_execute(&format!("DROP INDEX {PRINCIPAL_ACTION}; CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();")).await?;

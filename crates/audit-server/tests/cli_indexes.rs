@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use audit_testkit::cluster::{start_private_cluster_with, test_options};
+use audit_testkit::cluster::start_private_cluster_with_statements;
 use serde_json::Value;
 
 #[path = "support/cli.rs"]
@@ -27,9 +27,7 @@ async fn invalid_indexes(pg: &tokio_postgres::Client) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_killed_mid_build_is_finished_by_the_next_run() -> anyhow::Result<()> {
-    let mut options = test_options();
-    options.settings.push(("shared_preload_libraries".into(), "pg_stat_statements".into()));
-    let cluster = start_private_cluster_with(options).await?;
+    let cluster = start_private_cluster_with_statements().await?;
     let url = cluster.url();
     cli::ok(&cli::run(&url, &[], &["migrate"]), "migrate");
     cli::ok(&cli::run(&url, &[], &["partitions", "create", "--from", "now-60d", "--to", "now"]), "partitions create");

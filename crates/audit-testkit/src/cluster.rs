@@ -65,6 +65,14 @@ pub async fn start_private_cluster() -> anyhow::Result<TestCluster> {
     start_private_cluster_with(test_options()).await
 }
 
+/// A fresh private cluster with `pg_stat_statements` preloaded: the index manager's tests need real statement
+/// statistics, which the shared server may not collect.
+pub async fn start_private_cluster_with_statements() -> anyhow::Result<TestCluster> {
+    let mut options = test_options();
+    options.settings.push(("shared_preload_libraries".into(), "pg_stat_statements".into()));
+    start_private_cluster_with(options).await
+}
+
 /// Starts a fresh private cluster with the given options (set `stop_on_drop` unless the test stops it itself).
 pub async fn start_private_cluster_with(options: ClusterOptions) -> anyhow::Result<TestCluster> {
     let dir = cluster_tempdir()?;
