@@ -100,11 +100,12 @@ pub struct ApiConfig {
     pub key_cache_ttl_ms: u64,
 }
 
-/// Default of `api.inflightBodyBytes`: 2 MiB. Parsed and prepared events take about ten times their NDJSON size
-/// while they wait for the database, so this bounds serve's extra memory under overload to some 20–25 MiB; a few
-/// typical batches fit at once, which keeps the database busy (its write rate, not the budget, limits throughput:
-/// docs/reliability.md). A body larger than the budget (up to `api.bodyLimitBytes`) runs alone.
-pub const DEFAULT_INFLIGHT_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// Default of `api.inflightBodyBytes`: 1 MiB. Parsed and prepared events take about eight times their NDJSON size
+/// while they wait for the database, and a streamed batch holds at most one 1 MiB chunk of its body at a time, so
+/// this bounds serve's extra memory under overload to about 10 MiB (measured: docs/reliability.md). Small batches
+/// run many at once; a body of 1 MiB or more runs alone, which still keeps the database busy (its write rate, not
+/// the budget, limits throughput).
+pub const DEFAULT_INFLIGHT_BODY_BYTES: usize = 1024 * 1024;
 
 impl Default for ApiConfig {
     fn default() -> Self {

@@ -314,6 +314,46 @@ async fn oversized_bodies_get_413_and_bad_batch_lines_are_named_while_the_others
     assert!(actions.contains(&"first") && actions.contains(&"third"), "{actions:?}");
 }
 
+/// A streamed batch larger than one read-ahead chunk (1 MiB of NDJSON) is stored chunk by chunk: every line gets
+/// its own result in order under its own number, the bad ones (spread over every chunk) are named, and exactly the
+/// others are stored.
+#[tokio::test]
+async fn a_batch_of_many_chunks_answers_every_line_in_order_and_stores_exactly_the_valid_ones() {
+    let db = migrated("http_chunks").await;
+    let svc = Service::start(&db, &[NO_AUDIT]).await;
+    let key = key_of(&db, "org_a", "ingest,query");
+    let n = 12_000u64;
+    let bad = |i: u64| i.is_multiple_of(397) || i == 1 || i == n;
+    let mut body = String::new();
+    for i in 1..=n {
+        let mut e = event("org_a", &format!("chunk_{i}"));
+        if bad(i) {
+            e["timestamp"] = json!("not a time");
+        }
+        body.push_str(&format!("{e}\n"));
+    }
+    assert!(body.len() > 2 * 1024 * 1024, "several chunks: {} bytes", body.len());
+    let r = svc.http.post(svc.url("/v1/events:batch")).bearer_auth(&key).body(body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let out: Vec<Value> = r.text().await.unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(out.len() as u64, n + 1, "one line per input line and the summary");
+    let rejected = (1..=n).filter(|i| bad(*i)).count() as u64;
+    for (i, line) in (1..=n).zip(&out) {
+        assert_eq!(line["line"], i, "{line}");
+        if bad(i) {
+            assert_eq!(line["result"], "rejected", "{line}");
+            assert!(line["error"].as_str().unwrap().starts_with(&format!("line {i}: timestamp")), "{line}");
+        } else {
+            assert_eq!(line["result"], "stored", "{line}");
+        }
+    }
+    assert_eq!(out[n as usize]["summary"]["accepted"], n - rejected);
+    assert_eq!(out[n as usize]["summary"]["rejected"], rejected);
+    let pg = audit_testkit::sql(&db.url).await;
+    let stored: i64 = pg.query_one("SELECT count(DISTINCT action) FROM audit_log", &[]).await.unwrap().get(0);
+    assert_eq!(stored as u64, n - rejected);
+}
+
 #[tokio::test]
 async fn every_read_is_recorded_in_the_readers_organisation_and_probes_answer() {
     let db = migrated("http_access").await;

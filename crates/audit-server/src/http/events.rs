@@ -20,9 +20,14 @@ use super::{ApiError, COMMIT_LSN_HEADER, Caller, ServiceState, consistency_of};
 use crate::api_keys::Scope;
 use crate::filter_params::{FilterParams, ParamNames};
 
-/// Lines of a streamed batch stored per transaction: the library's own transaction size for `insert_batch`
-/// (10,000), so a batch over HTTP costs the database what the same rows cost through the library.
+/// Most lines of a streamed batch stored per transaction: the library's own transaction size for `insert_batch`
+/// (10,000), so a batch of small events over HTTP costs the database what the same rows cost through the library.
 const BATCH_CHUNK: usize = 10_000;
+/// Most NDJSON bytes of a streamed batch read ahead of the store: a chunk ends at whichever of this and
+/// [`BATCH_CHUNK`] comes first. A parsed event takes several times its text in memory, so this (not the body's
+/// length) bounds what one streamed request holds while the rest of its body waits in the socket. Smaller chunks
+/// cost throughput: every chunk is a transaction that locks and advances the head of each organisation it holds.
+const BATCH_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// A refused JSON body, keeping 413 for an oversized one.
 pub(crate) fn json_rejection(e: JsonRejection) -> ApiError {
@@ -148,6 +153,8 @@ struct BatchStream {
     partial: Vec<u8>,
     /// Complete lines not stored yet, with their numbers.
     lines: VecDeque<(u64, Vec<u8>)>,
+    /// Bytes of `lines`.
+    lines_bytes: usize,
     line_no: u64,
     read: usize,
     eof: bool,
@@ -166,6 +173,7 @@ impl BatchStream {
         let complete = std::mem::replace(&mut self.partial, rest);
         for line in complete[..complete.len() - 1].split(|b| *b == b'\n') {
             self.line_no += 1;
+            self.lines_bytes += line.len();
             self.lines.push_back((self.line_no, line.to_vec()));
         }
     }
@@ -173,7 +181,7 @@ impl BatchStream {
     /// Reads until a chunk of lines is ready or the body ends; an error of the body (too large, cut off) is
     /// returned as the problem that ends the stream.
     async fn fill(&mut self) -> Option<ApiError> {
-        while self.lines.len() < BATCH_CHUNK && !self.eof {
+        while self.lines.len() < BATCH_CHUNK && self.lines_bytes < BATCH_CHUNK_BYTES && !self.eof {
             match self.body.next().await {
                 Some(Ok(bytes)) => {
                     self.read += bytes.len();
@@ -203,6 +211,7 @@ impl BatchStream {
                     if !self.partial.is_empty() {
                         self.line_no += 1;
                         let last = std::mem::take(&mut self.partial);
+                        self.lines_bytes += last.len();
                         self.lines.push_back((self.line_no, last));
                     }
                 }
@@ -213,7 +222,16 @@ impl BatchStream {
 
     /// Validates, binds and stores the next chunk of lines; returns their result lines.
     async fn store_chunk(&mut self) -> Result<Vec<u8>, ApiError> {
-        let take = self.lines.len().min(BATCH_CHUNK);
+        // Whole lines up to the chunk's bounds (at least one, however long).
+        let (mut take, mut bytes) = (0, 0);
+        for (_, line) in &self.lines {
+            if take == BATCH_CHUNK || (take > 0 && bytes + line.len() > BATCH_CHUNK_BYTES) {
+                break;
+            }
+            take += 1;
+            bytes += line.len();
+        }
+        self.lines_bytes -= bytes;
         let now = Utc::now();
         let validator = self.state.client.validator().clone();
         // Each line: `None` when it goes to the store (in order), or why it was refused here.
@@ -312,6 +330,7 @@ impl BatchStream {
                     Err(e) => {
                         out.extend(self.problem_line(&e));
                         self.lines.clear();
+                        self.lines_bytes = 0;
                     }
                 }
             }
@@ -362,6 +381,7 @@ pub(crate) async fn post_batch(
         caller,
         partial: Vec::new(),
         lines: VecDeque::new(),
+        lines_bytes: 0,
         line_no: 0,
         read: 0,
         eof: false,

@@ -3,6 +3,7 @@
 
 mod auth;
 mod budget;
+mod connections;
 mod error;
 mod events;
 mod integrity;
@@ -28,6 +29,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use auth::Caller;
+pub use connections::serve_on;
 pub use error::{ApiError, PROBLEM_BASE, Problem};
 
 use crate::api_keys::ApiKeyStore;
@@ -205,18 +207,6 @@ pub fn router(state: Arc<ServiceState>) -> Router {
 pub async fn serve(router: Router, addr: SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     serve_on(router, listener, shutdown_signal()).await
-}
-
-/// [`serve`] on a bound listener, stopping when `shutdown` resolves (tests and benchmarks pass their own).
-pub async fn serve_on(
-    router: Router,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "audit-db HTTP service listening");
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
-    tracing::info!("audit-db HTTP service stopped");
-    Ok(())
 }
 
 /// Waits (at most `limit`) until the client's group-commit queue is empty, after the listener stopped.
