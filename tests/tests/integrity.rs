@@ -363,7 +363,7 @@ async fn event_at(pg: &tokio_postgres::Client, org: &str, seq: i64) -> Uuid {
 }
 
 fn hashes(hex_list: &[String]) -> Vec<[u8; 32]> {
-    hex_list.iter().map(|h| hex::decode(h).unwrap().try_into().unwrap()).collect()
+    hex_list.iter().map(|h| hex32(h)).collect()
 }
 
 /// Issue 17: a proof reads stored nodes and at most two tiles of leaves, never the whole log, and gives exactly the

@@ -807,6 +807,17 @@ mod tests {
         t
     }
 
+    /// `read` run twice: once to plan which nodes it needs, then over a [`TiledTree`] holding exactly those (stored
+    /// nodes and at most two tiles), which must have every node it asks for.
+    fn via_tiles<T>(l: &[Hash], read: impl Fn(&mut NodeSource<'_>) -> T) -> T {
+        let planned = nodes_read_by(|src| {
+            read(src);
+        });
+        let (out, missing) = tiled(l, &planned).run(read);
+        assert_eq!(missing, None);
+        out
+    }
+
     #[test]
     fn append_with_reports_exactly_the_complete_aligned_subtrees() {
         let l = leaves(1000, 9);
@@ -832,25 +843,12 @@ mod tests {
                 if m >= n {
                     continue;
                 }
-                let planned = nodes_read_by(|src| {
-                    inclusion_proof_by(n as u64, m as u64, src);
-                });
-                let t = tiled(&l, &planned);
-                let (p, missing) = t.run(|src| inclusion_proof_by(n as u64, m as u64, src));
-                assert_eq!(missing, None);
+                let p = via_tiles(&l, |src| inclusion_proof_by(n as u64, m as u64, src));
                 assert_eq!(p, tree.inclusion_proof(m as u64), "n={n} m={m}");
-                let planned = nodes_read_by(|src| {
-                    consistency_proof_by(n as u64, m as u64, src);
-                });
-                let t = tiled(&l, &planned);
-                let (c, missing) = t.run(|src| consistency_proof_by(n as u64, m as u64, src));
-                assert_eq!(missing, None);
+                let c = via_tiles(&l, |src| consistency_proof_by(n as u64, m as u64, src));
                 assert_eq!(c, tree.consistency_proof(m as u64), "n={n} old={m}");
             }
-            let planned = nodes_read_by(|src| {
-                root_by(n as u64, src);
-            });
-            assert_eq!(tiled(&l, &planned).run(|src| root_by(n as u64, src)), (tree.root(), None));
+            assert_eq!(via_tiles(&l, |src| root_by(n as u64, src)), tree.root());
         }
         // A node nobody fetched is reported, not invented.
         let (_, missing) = TiledTree::default().run(|src| inclusion_proof_by(600, 3, src));

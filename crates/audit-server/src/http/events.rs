@@ -153,8 +153,6 @@ struct BatchStream {
     partial: Vec<u8>,
     /// Complete lines not stored yet, with their numbers.
     lines: VecDeque<(u64, Vec<u8>)>,
-    /// Bytes of `lines`.
-    lines_bytes: usize,
     line_no: u64,
     read: usize,
     eof: bool,
@@ -173,15 +171,19 @@ impl BatchStream {
         let complete = std::mem::replace(&mut self.partial, rest);
         for line in complete[..complete.len() - 1].split(|b| *b == b'\n') {
             self.line_no += 1;
-            self.lines_bytes += line.len();
             self.lines.push_back((self.line_no, line.to_vec()));
         }
+    }
+
+    /// NDJSON bytes read and not stored yet (once per body chunk read: a few thousand lines at most).
+    fn pending_bytes(&self) -> usize {
+        self.lines.iter().map(|(_, l)| l.len()).sum()
     }
 
     /// Reads until a chunk of lines is ready or the body ends; an error of the body (too large, cut off) is
     /// returned as the problem that ends the stream.
     async fn fill(&mut self) -> Option<ApiError> {
-        while self.lines.len() < BATCH_CHUNK && self.lines_bytes < BATCH_CHUNK_BYTES && !self.eof {
+        while self.lines.len() < BATCH_CHUNK && self.pending_bytes() < BATCH_CHUNK_BYTES && !self.eof {
             match self.body.next().await {
                 Some(Ok(bytes)) => {
                     self.read += bytes.len();
@@ -211,7 +213,6 @@ impl BatchStream {
                     if !self.partial.is_empty() {
                         self.line_no += 1;
                         let last = std::mem::take(&mut self.partial);
-                        self.lines_bytes += last.len();
                         self.lines.push_back((self.line_no, last));
                     }
                 }
@@ -231,7 +232,6 @@ impl BatchStream {
             take += 1;
             bytes += line.len();
         }
-        self.lines_bytes -= bytes;
         let now = Utc::now();
         let validator = self.state.client.validator().clone();
         // Each line: `None` when it goes to the store (in order), or why it was refused here.
@@ -330,7 +330,6 @@ impl BatchStream {
                     Err(e) => {
                         out.extend(self.problem_line(&e));
                         self.lines.clear();
-                        self.lines_bytes = 0;
                     }
                 }
             }
@@ -381,7 +380,6 @@ pub(crate) async fn post_batch(
         caller,
         partial: Vec::new(),
         lines: VecDeque::new(),
-        lines_bytes: 0,
         line_no: 0,
         read: 0,
         eof: false,
