@@ -320,20 +320,25 @@ impl<R: ResiliencePolicy> Shredder<R> {
                 None => self.keys.subject_index(s),
             })
             .collect::<AuditResult<_>>()?;
-        // Keys this call created and stored: used as generated, without reading them back.
+        // Stored keys first (one look-up for the whole chunk); subjects without one get a fresh key, all stored in
+        // one statement (one random draw, one `wrap_many`). Keys this call stored are used as generated; a subject
+        // whose key another process stored meanwhile is read back, and everyone uses the stored key.
+        let mut found: HashMap<Vec<u8>, KeyRow> = self
+            .store
+            .by_index(indexes.iter().map(|i| i.to_vec()).collect())
+            .await?
+            .into_iter()
+            .map(|r| (r.subject_index.clone(), r))
+            .collect();
         let mut created: HashMap<Vec<u8>, Arc<SubjectKey>> = HashMap::new();
-        let mut found: HashMap<Vec<u8>, KeyRow> = HashMap::new();
-        if create {
-            // Insert first: a fresh key for every subject not in the cache, in one statement that keeps any key
-            // already stored (ON CONFLICT DO NOTHING). A new subject costs one round trip for the whole batch; only
-            // the subjects that already had a key (stored earlier, or by a concurrent writer a moment ago) are read
-            // back, and everyone uses the stored key. A candidate that loses costs a random draw and one wrap.
-            let candidates = self.candidate_keys(&indexes).await?;
-            let inserted: HashSet<Vec<u8>> =
-                self.store.insert(candidates.iter().map(|(row, _)| row.clone()).collect()).await?.into_iter().collect();
+        let absent: Vec<[u8; 32]> = indexes.iter().filter(|i| !found.contains_key(i.as_slice())).copied().collect();
+        if create && !absent.is_empty() {
+            let candidates = self.candidate_keys(&absent).await?;
+            let stored: HashSet<Vec<u8>> =
+                self.store.create(candidates.iter().map(|(row, _)| row.clone()).collect()).await?.into_iter().collect();
             let mut lost = Vec::new();
             for (row, (key_id, secret)) in candidates {
-                if inserted.contains(&row.subject_index) {
+                if stored.contains(&row.subject_index) {
                     created.insert(row.subject_index, Arc::new(SubjectKey::new(key_id, &secret)?));
                 } else {
                     lost.push(row.subject_index);
@@ -342,14 +347,6 @@ impl<R: ResiliencePolicy> Shredder<R> {
             if !lost.is_empty() {
                 found.extend(self.store.by_index(lost).await?.into_iter().map(|r| (r.subject_index.clone(), r)));
             }
-        } else {
-            found.extend(
-                self.store
-                    .by_index(indexes.iter().map(|i| i.to_vec()).collect())
-                    .await?
-                    .into_iter()
-                    .map(|r| (r.subject_index.clone(), r)),
-            );
         }
         let now = Instant::now();
         let mut resolved = Vec::new();

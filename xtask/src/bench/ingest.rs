@@ -66,11 +66,11 @@ fn check_report(report: &audit_client::BatchReport, n: usize) -> anyhow::Result<
 
 /// Server time per statement in the database `c` is connected to, since the last reset: the top statements by total
 /// execution time from pg_stat_statements (`null` when the extension is not available).
-async fn statement_profile(c: &tokio_postgres::Client) -> Value {
+pub(crate) async fn statement_profile(c: &tokio_postgres::Client) -> Value {
     let rows = c
         .query(
-            "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 140), calls, total_exec_time, rows \
-             FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+            "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 140), calls, total_exec_time, rows, \
+             wal_bytes::int8 FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
              ORDER BY total_exec_time DESC LIMIT 8",
             &[],
         )
@@ -86,6 +86,7 @@ async fn statement_profile(c: &tokio_postgres::Client) -> Value {
                         "total_ms": total,
                         "mean_ms": total / calls.max(1) as f64,
                         "rows": r.get::<_, i64>(3),
+                        "wal_bytes": r.get::<_, i64>(4),
                     })
                 })
                 .collect(),
@@ -95,7 +96,7 @@ async fn statement_profile(c: &tokio_postgres::Client) -> Value {
 }
 
 /// Clears pg_stat_statements (cluster-wide) so the next profile covers one phase.
-async fn reset_statements(c: &tokio_postgres::Client) {
+pub(crate) async fn reset_statements(c: &tokio_postgres::Client) {
     let _ = c.batch_execute("SELECT pg_stat_statements_reset()").await;
 }
 

@@ -20,6 +20,9 @@ use super::{Ctx, progress};
 /// The personal fields of the "on" side.
 const FIELDS: &str = "principal_id,target_resource_id,details.ip_address";
 
+/// Events each side stores before the timed rounds.
+const WARM_UP: usize = 1_000;
+
 /// Events per subject id in the reuse info line.
 const REUSE: usize = 10;
 
@@ -58,6 +61,8 @@ struct Pair {
     keys: i64,
     t_on: Duration,
     t_off: Duration,
+    /// Where the server spent each side's time: statement profiles and relation sizes.
+    server: Value,
 }
 
 impl Pair {
@@ -77,6 +82,7 @@ impl Pair {
                           hashing)",
             "baseline": "the same events through AuditClient::insert_batch with the policy off, into a fresh \
                          database with the same schema and partitions",
+            "server": self.server,
         }))
     }
 }
@@ -99,6 +105,20 @@ async fn pair(ctx: &Ctx, tag: &str, rows: usize, shape: impl Fn(Value, usize) ->
     if on.personal_data().is_none() {
         bail!("the policy-on client has no personal-data policy installed");
     }
+    let on_admin = super::env::connect(&on_app.url).await?;
+    let off_admin = super::env::connect(&off_app.url).await?;
+    for c in [&on_admin, &off_admin] {
+        if let Err(e) = c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await {
+            progress(format!("no server-side statement profile (pg_stat_statements): {e}"));
+        }
+    }
+    // Warm-up, not timed: both clients open their pools and the policy-on side loads its subject-index key, so the
+    // comparison is of the write path in steady state, not of one-time start-up.
+    let warm: Vec<Value> = Workload::new(ctx.seed ^ 0x3a7, ctx.shape(), ctx.now).take(WARM_UP).collect();
+    for client in [&on, &off] {
+        client.insert_batch(warm.clone()).await.context("warm-up insert_batch")?;
+    }
+    super::ingest::reset_statements(&on_admin).await;
     let mut wl = Workload::new(ctx.seed ^ 0x5eed, ctx.shape(), ctx.now);
     let (mut t_on, mut t_off) = (Duration::ZERO, Duration::ZERO);
     let mut done = 0;
@@ -124,7 +144,25 @@ async fn pair(ctx: &Ctx, tag: &str, rows: usize, shape: impl Fn(Value, usize) ->
             done as f64 / t_off.as_secs_f64()
         ));
     }
-    let admin = super::env::connect(&on_app.url).await?;
-    let keys: i64 = admin.query_one("SELECT count(*) FROM audit_subject_keys", &[]).await?.get(0);
-    Ok(Pair { rows, round, keys, t_on, t_off })
+    let keys: i64 = on_admin.query_one("SELECT count(*) FROM audit_subject_keys", &[]).await?.get(0);
+    let server = json!({
+        "policy_on": {"statements": super::ingest::statement_profile(&on_admin).await, "sizes": sizes(&on_admin).await?},
+        "policy_off": {"statements": super::ingest::statement_profile(&off_admin).await, "sizes": sizes(&off_admin).await?},
+    });
+    Ok(Pair { rows, round, keys, t_on, t_off, server })
+}
+
+/// Bytes of the audit log (heap, indexes) and the subject keys in the database `c` is connected to.
+async fn sizes(c: &tokio_postgres::Client) -> anyhow::Result<Value> {
+    let row = c
+        .query_one(
+            "SELECT (SELECT coalesce(sum(pg_table_size(relid)), 0)::int8 FROM pg_partition_tree('audit_log')), \
+                    (SELECT coalesce(sum(pg_indexes_size(relid)), 0)::int8 FROM pg_partition_tree('audit_log')), \
+                    pg_total_relation_size('audit_subject_keys')",
+            &[],
+        )
+        .await
+        .context("measuring relation sizes")?;
+    Ok(json!({"audit_log_table_bytes": row.get::<_, i64>(0), "audit_log_index_bytes": row.get::<_, i64>(1),
+              "subject_keys_bytes": row.get::<_, i64>(2)}))
 }
