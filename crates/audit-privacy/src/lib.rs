@@ -18,7 +18,9 @@ mod config;
 mod shredder;
 mod store;
 
-pub use cipher::{FileMasterKey, KEY_ID_LEN, STORED_PREFIX, SubjectKey, parse_stored};
+pub use cipher::{
+    FileMasterKey, KEY_ID_LEN, STORED_PREFIX_V1, STORED_PREFIX_V2, SubjectKey, ValueFormat, is_stored, parse_stored,
+};
 pub use config::PrivacyConfig;
 pub use shredder::{ErasurePlan, MasterRotation, Shredder};
 pub use store::SubjectEvents;

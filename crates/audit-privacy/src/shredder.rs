@@ -14,7 +14,9 @@ use audit_pg::PgPool;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cipher::{INDEX_KEY_CONTEXT, IndexKey, KEY_ID_LEN, STORED_PREFIX, SubjectKey, fill_random, parse_stored};
+use crate::cipher::{
+    INDEX_KEY_CONTEXT, IndexKey, KEY_ID_LEN, SubjectKey, ValueFormat, fill_random, is_stored, parse_stored,
+};
 use crate::store::{KeyRow, KeyStore, SubjectEvents};
 
 /// Above this many cached keys the cache starts over (a bound on memory, not a policy).
@@ -154,7 +156,7 @@ fn reveal_event(keys: &HashMap<[u8; KEY_ID_LEN], Option<Arc<SubjectKey>>>, s: &m
     }
     for (k, v) in e.details.iter_mut() {
         if let Value::String(text) = v
-            && text.starts_with(STORED_PREFIX)
+            && is_stored(text)
         {
             let field = format!("details.{k}");
             let Some((id, _)) = parse_stored(text) else { continue };
@@ -220,7 +222,7 @@ impl<R: ResiliencePolicy> Shredder<R> {
             row.key_id.as_slice().try_into().map_err(|_| AuditError::integrity("a subject key id is not 16 bytes"))?;
         let context = [row.key_id.as_slice(), row.subject_index.as_slice()].concat();
         let secret = self.keys.unwrap(&row.wrapped_key, &context).await?;
-        Ok(Arc::new(SubjectKey::new(key_id, &secret)?))
+        Ok(Arc::new(SubjectKey::new(key_id, &secret, ValueFormat::from_code(row.value_format)?)?))
     }
 
     /// The subject-index key: the stored one (unwrapped under the configured master key), first stored from the
@@ -288,6 +290,7 @@ impl<R: ResiliencePolicy> Shredder<R> {
                     subject_index: index.to_vec(),
                     wrapped_key,
                     master_key_id: master_key_id.clone(),
+                    value_format: ValueFormat::NEW_KEYS.code(),
                 };
                 (row, (key_id, secret))
             })
@@ -339,7 +342,8 @@ impl<R: ResiliencePolicy> Shredder<R> {
             let mut lost = Vec::new();
             for (row, (key_id, secret)) in candidates {
                 if stored.contains(&row.subject_index) {
-                    created.insert(row.subject_index, Arc::new(SubjectKey::new(key_id, &secret)?));
+                    created
+                        .insert(row.subject_index, Arc::new(SubjectKey::new(key_id, &secret, ValueFormat::NEW_KEYS)?));
                 } else {
                     lost.push(row.subject_index);
                 }
@@ -425,7 +429,7 @@ impl<R: ResiliencePolicy> Shredder<R> {
         let Some(key) = self.existing_key(subject).await? else {
             return Ok(ErasurePlan { key_id: None, events: Vec::new(), plaintext_events });
         };
-        let tag = format!("{STORED_PREFIX}{}.", hex::encode(key.key_id));
+        let tag = key.stored_tag();
         let events = self
             .store
             .subject_events(

@@ -16,6 +16,8 @@ pub(crate) struct KeyRow {
     pub subject_index: Vec<u8>,
     pub wrapped_key: Vec<u8>,
     pub master_key_id: String,
+    /// `audit_subject_keys.value_format` (see `ValueFormat`).
+    pub value_format: i16,
 }
 
 /// Events of one organisation and classification that carry a subject's personal values.
@@ -49,7 +51,7 @@ pub(crate) struct Rewrapped {
     pub already_new: i64,
 }
 
-const KEY_COLUMNS: &str = "key_id, subject_index, wrapped_key, master_key_id";
+const KEY_COLUMNS: &str = "key_id, subject_index, wrapped_key, master_key_id, value_format";
 
 /// Key rows as the column arrays an `unnest` insert binds.
 struct KeyColumns {
@@ -57,6 +59,7 @@ struct KeyColumns {
     subject_index: Vec<Vec<u8>>,
     wrapped_key: Vec<Vec<u8>>,
     master_key_id: Vec<String>,
+    value_format: Vec<i16>,
 }
 
 impl KeyColumns {
@@ -66,12 +69,19 @@ impl KeyColumns {
             subject_index: rows.iter().map(|r| r.subject_index.clone()).collect(),
             wrapped_key: rows.iter().map(|r| r.wrapped_key.clone()).collect(),
             master_key_id: rows.iter().map(|r| r.master_key_id.clone()).collect(),
+            value_format: rows.iter().map(|r| r.value_format).collect(),
         }
     }
 }
 
 fn key_row(r: &tokio_postgres::Row) -> KeyRow {
-    KeyRow { key_id: r.get(0), subject_index: r.get(1), wrapped_key: r.get(2), master_key_id: r.get(3) }
+    KeyRow {
+        key_id: r.get(0),
+        subject_index: r.get(1),
+        wrapped_key: r.get(2),
+        master_key_id: r.get(3),
+        value_format: r.get(4),
+    }
 }
 
 impl<R: ResiliencePolicy> KeyStore<R> {
@@ -152,9 +162,9 @@ impl<R: ResiliencePolicy> KeyStore<R> {
                 let cols = cols.clone();
                 async move {
                     conn.execute(
-                        "INSERT INTO audit_subject_keys (key_id, subject_index, wrapped_key, master_key_id) \
-                         SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::text[])",
-                        &[&cols.key_id, &cols.subject_index, &cols.wrapped_key, &cols.master_key_id],
+                        "INSERT INTO audit_subject_keys (key_id, subject_index, wrapped_key, master_key_id, value_format) \
+                         SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::text[], $5::int2[])",
+                        &[&cols.key_id, &cols.subject_index, &cols.wrapped_key, &cols.master_key_id, &cols.value_format],
                     )
                     .await
                     .map_err(|e| pg_error(e, "storing subject keys"))
@@ -176,10 +186,10 @@ impl<R: ResiliencePolicy> KeyStore<R> {
             async move {
                 let rows = conn
                     .query(
-                        "INSERT INTO audit_subject_keys (key_id, subject_index, wrapped_key, master_key_id) \
-                         SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::text[]) \
+                        "INSERT INTO audit_subject_keys (key_id, subject_index, wrapped_key, master_key_id, value_format) \
+                         SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::text[], $5::int2[]) \
                          ON CONFLICT DO NOTHING RETURNING subject_index",
-                        &[&cols.key_id, &cols.subject_index, &cols.wrapped_key, &cols.master_key_id],
+                        &[&cols.key_id, &cols.subject_index, &cols.wrapped_key, &cols.master_key_id, &cols.value_format],
                     )
                     .await
                     .map_err(|e| pg_error(e, "storing subject keys"))?;
@@ -468,6 +478,7 @@ mod tests {
             subject_index: vec![subject; 32],
             wrapped_key: vec![key_id; 60],
             master_key_id: "mk_test".into(),
+            value_format: 2,
         }
     }
 

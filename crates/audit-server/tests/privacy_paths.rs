@@ -71,7 +71,7 @@ async fn every_write_and_read_path_seals_and_opens() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(raw.len(), 6);
-    assert!(raw.iter().all(|(p, n)| p.starts_with("pd1.") && n.starts_with("pd1.")), "{raw:?}");
+    assert!(raw.iter().all(|(p, n)| p.starts_with("pd2.") && n.starts_with("pd2.")), "{raw:?}");
 
     let by_x = EventFilter { principal_id: Some("dr-x".into()), ..Default::default() };
     assert_eq!(ca.count(&by_x).await.unwrap(), 5);
