@@ -62,7 +62,16 @@ struct KeyColumns {
     value_format: Vec<i16>,
 }
 
+/// Inserts the rows of a [`KeyColumns`] ([`KeyColumns::params`]).
+const INSERT_KEYS: &str = "INSERT INTO audit_subject_keys (key_id, subject_index, wrapped_key, master_key_id, value_format) \
+     SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::text[], $5::int2[])";
+
 impl KeyColumns {
+    /// The parameters of [`INSERT_KEYS`].
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
+        [&self.key_id, &self.subject_index, &self.wrapped_key, &self.master_key_id, &self.value_format]
+    }
+
     fn of(rows: &[KeyRow]) -> Self {
         Self {
             key_id: rows.iter().map(|r| r.key_id.clone()).collect(),
@@ -161,13 +170,7 @@ impl<R: ResiliencePolicy> KeyStore<R> {
             .with_conn(move |conn| {
                 let cols = cols.clone();
                 async move {
-                    conn.execute(
-                        "INSERT INTO audit_subject_keys (key_id, subject_index, wrapped_key, master_key_id, value_format) \
-                         SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::text[], $5::int2[])",
-                        &[&cols.key_id, &cols.subject_index, &cols.wrapped_key, &cols.master_key_id, &cols.value_format],
-                    )
-                    .await
-                    .map_err(|e| pg_error(e, "storing subject keys"))
+                    conn.execute(INSERT_KEYS, &cols.params()).await.map_err(|e| pg_error(e, "storing subject keys"))
                 }
             })
             .await;
@@ -185,12 +188,7 @@ impl<R: ResiliencePolicy> KeyStore<R> {
             let cols = cols.clone();
             async move {
                 let rows = conn
-                    .query(
-                        "INSERT INTO audit_subject_keys (key_id, subject_index, wrapped_key, master_key_id, value_format) \
-                         SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::text[], $5::int2[]) \
-                         ON CONFLICT DO NOTHING RETURNING subject_index",
-                        &[&cols.key_id, &cols.subject_index, &cols.wrapped_key, &cols.master_key_id, &cols.value_format],
-                    )
+                    .query(&format!("{INSERT_KEYS} ON CONFLICT DO NOTHING RETURNING subject_index"), &cols.params())
                     .await
                     .map_err(|e| pg_error(e, "storing subject keys"))?;
                 Ok(rows.iter().map(|r| r.get(0)).collect())

@@ -1,7 +1,7 @@
 //! Privacy: the write-path cost of the personal-data policy (crypto-shredding). The same events are stored with
 //! `insert_batch` into two fresh databases of the same schema and partitions, one client with the policy off and one
-//! with `principal_id,target_resource_id,details.ip_address` personal (every such value sealed with AES-256-GCM under
-//! its subject's key; a new subject's key generated, wrapped under the master key and stored). Rounds alternate
+//! with `principal_id,target_resource_id,details.ip_address` personal (every such value sealed with AES-256-GCM-SIV
+//! under its subject's key; a new subject's key generated, wrapped under the master key and stored). Rounds alternate
 //! (which side goes first flips) so that noise hits both alike.
 //!
 //! The workload has a near-unique target per event (about one new subject key per event): the honest worst case,
@@ -77,9 +77,10 @@ impl Pair {
             "subject_keys_created": self.keys,
             "candidate_seconds": self.t_on.as_secs_f64(),
             "baseline_seconds": self.t_off.as_secs_f64(),
-            "candidate": "AuditClient::insert_batch with the personal-data policy on (subject keys resolved in \
-                          bulk, new ones created in one statement per chunk, values sealed with AES-256-GCM before \
-                          hashing)",
+            "candidate": "AuditClient::insert_batch with the personal-data policy on (subject keys looked up in \
+                          bulk through the index, new ones stored with one plain INSERT per chunk, values sealed in \
+                          the pd2 form, AES-256-GCM-SIV, before hashing)",
+            "warm_up_events_per_side": WARM_UP,
             "baseline": "the same events through AuditClient::insert_batch with the policy off, into a fresh \
                          database with the same schema and partitions",
             "server": self.server,
