@@ -101,3 +101,63 @@ async fn every_write_and_read_path_seals_and_opens() {
     let cached = cb2.query(&by_x).await.unwrap();
     assert!(cached.page.events.is_empty());
 }
+
+/// A subject whose key predates the `pd2` form (value_format 1) keeps sealing in `pd1`, byte for byte as before, so
+/// its equality token still finds its events; a new subject's key seals in `pd2`; reads open both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_made_before_pd2_keeps_its_form_and_both_forms_read_back() {
+    use audit_core::KeyManager as _;
+    use audit_privacy::{FileMasterKey, SubjectKey, ValueFormat};
+
+    let db = TestDb::create("privacy_forms").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    let text = FileMasterKey::generate_text().unwrap();
+    std::fs::write(&key, &text).unwrap();
+    let a = app(&db, &key, 0).await;
+    a.migrate().await.unwrap();
+    let client = a.client().await.unwrap();
+
+    // The key row an earlier release would have stored for "legacy-dr": wrapped under the master key, bound to its
+    // id and subject index, value_format 1.
+    let master = FileMasterKey::parse(&text).unwrap();
+    let (key_id, secret) = ([5u8; 16], [6u8; 32]);
+    let index = master.subject_index("legacy-dr").unwrap();
+    let wrapped = master.wrap(&secret, &[&key_id[..], &index[..]].concat()).await.unwrap();
+    let su = sql(&db.url).await;
+    su.execute(
+        "INSERT INTO audit_subject_keys (key_id, subject_index, wrapped_key, master_key_id, value_format) \
+         VALUES ($1, $2, $3, $4, 1)",
+        &[&key_id.to_vec(), &index.to_vec(), &wrapped, &master.master_key_id()],
+    )
+    .await
+    .unwrap();
+
+    let report = client.insert_batch(vec![event("legacy-dr", 0), event("legacy-dr", 1), event("new-dr", 2)]).await;
+    assert_eq!(report.unwrap().accepted(), 3);
+    let raw: Vec<String> = su
+        .query("SELECT principal_id FROM audit_log ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let v1 = SubjectKey::new(key_id, &secret, ValueFormat::V1).unwrap().seal("principal_id", b"legacy-dr");
+    assert_eq!(raw[..2], [v1.clone(), v1], "the old key seals as pd1, exactly as before");
+    assert!(raw[2].starts_with("pd2.") && raw[2].len() + 20 < raw[0].len(), "{raw:?}");
+    let formats: Vec<i16> = su
+        .query("SELECT value_format FROM audit_subject_keys ORDER BY value_format", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(formats.iter().filter(|f| **f == 1).count(), 1, "no other key is made in the old form: {formats:?}");
+
+    for (who, n) in [("legacy-dr", 2), ("new-dr", 1)] {
+        let page = client.query(&EventFilter { principal_id: Some(who.into()), ..Default::default() }).await.unwrap();
+        assert_eq!(page.page.events.len(), n, "{who}");
+        assert!(page.page.events.iter().all(|e| e.event.principal_id.as_deref() == Some(who)));
+        assert!(page.page.events.iter().all(|e| e.event.details["patient_name"].as_str().unwrap().starts_with("Name")));
+    }
+}
