@@ -135,23 +135,11 @@ async fn a_key_made_before_pd2_keeps_its_form_and_both_forms_read_back() {
 
     let report = client.insert_batch(vec![event("legacy-dr", 0), event("legacy-dr", 1), event("new-dr", 2)]).await;
     assert_eq!(report.unwrap().accepted(), 3);
-    let raw: Vec<String> = su
-        .query("SELECT principal_id FROM audit_log ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let raw: Vec<String> = first_column(&su, "SELECT principal_id FROM audit_log ORDER BY id").await;
     let v1 = SubjectKey::new(key_id, &secret, ValueFormat::V1).unwrap().seal("principal_id", b"legacy-dr");
     assert_eq!(raw[..2], [v1.clone(), v1], "the old key seals as pd1, exactly as before");
     assert!(raw[2].starts_with("pd2.") && raw[2].len() + 20 < raw[0].len(), "{raw:?}");
-    let formats: Vec<i16> = su
-        .query("SELECT value_format FROM audit_subject_keys ORDER BY value_format", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let formats: Vec<i16> = first_column(&su, "SELECT value_format FROM audit_subject_keys").await;
     assert_eq!(formats.iter().filter(|f| **f == 1).count(), 1, "no other key is made in the old form: {formats:?}");
 
     for (who, n) in [("legacy-dr", 2), ("new-dr", 1)] {
@@ -160,4 +148,9 @@ async fn a_key_made_before_pd2_keeps_its_form_and_both_forms_read_back() {
         assert!(page.page.events.iter().all(|e| e.event.principal_id.as_deref() == Some(who)));
         assert!(page.page.events.iter().all(|e| e.event.details["patient_name"].as_str().unwrap().starts_with("Name")));
     }
+}
+
+/// The first column of every row `sql` returns.
+async fn first_column<T: for<'a> tokio_postgres::types::FromSql<'a>>(c: &tokio_postgres::Client, sql: &str) -> Vec<T> {
+    c.query(sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
 }
