@@ -165,12 +165,20 @@ impl SubjectKey {
         }
     }
 
+    /// The prefix of this key's form.
+    fn prefix(&self) -> &'static str {
+        match self.sealer {
+            Sealer::V1(_) => STORED_PREFIX_V1,
+            Sealer::V2(_) => STORED_PREFIX_V2,
+        }
+    }
+
     /// What every value this key sealed starts with (`pd1.<id>.` or `pd2.<id>.`): an erasure finds the key's
     /// values inside `details` by it.
     pub fn stored_tag(&self) -> String {
         match self.sealer {
-            Sealer::V1(_) => format!("{STORED_PREFIX_V1}{}.", hex::encode(self.key_id)),
-            Sealer::V2(_) => format!("{STORED_PREFIX_V2}{}.", B64.encode(self.key_id)),
+            Sealer::V1(_) => format!("{}{}.", self.prefix(), hex::encode(self.key_id)),
+            Sealer::V2(_) => format!("{}{}.", self.prefix(), B64.encode(self.key_id)),
         }
     }
 
@@ -212,7 +220,10 @@ impl SubjectKey {
     /// (altered, another field's, another key's, another form's).
     pub fn open(&self, field: &str, stored: &str) -> AuditResult<Vec<u8>> {
         let bad = || AuditError::integrity(format!("{field}: the stored personal value does not decrypt"));
-        let payload = stored.strip_prefix(&self.stored_tag()).filter(|p| !p.is_empty()).ok_or_else(bad)?;
+        let (key_id, payload) = parse_stored(stored).ok_or_else(bad)?;
+        if key_id != self.key_id || !stored.starts_with(self.prefix()) {
+            return Err(bad());
+        }
         let mut buf = B64.decode(payload).map_err(|_| bad())?;
         match &self.sealer {
             Sealer::V1(keys) => {

@@ -337,13 +337,13 @@ impl<R: ResiliencePolicy> Shredder<R> {
         let absent: Vec<[u8; 32]> = indexes.iter().filter(|i| !found.contains_key(i.as_slice())).copied().collect();
         if create && !absent.is_empty() {
             let candidates = self.candidate_keys(&absent).await?;
-            let stored: HashSet<Vec<u8>> =
-                self.store.create(candidates.iter().map(|(row, _)| row.clone()).collect()).await?.into_iter().collect();
+            let (rows, drawn): (Vec<KeyRow>, Vec<_>) = candidates.into_iter().unzip();
+            let stored: HashSet<Vec<u8>> = self.store.create(&rows).await?.into_iter().collect();
             let mut lost = Vec::new();
-            for (row, (key_id, secret)) in candidates {
+            for (row, (key_id, secret)) in rows.into_iter().zip(drawn) {
                 if stored.contains(&row.subject_index) {
-                    created
-                        .insert(row.subject_index, Arc::new(SubjectKey::new(key_id, &secret, ValueFormat::NEW_KEYS)?));
+                    let key = SubjectKey::new(key_id, &secret, ValueFormat::from_code(row.value_format)?)?;
+                    created.insert(row.subject_index, Arc::new(key));
                 } else {
                     lost.push(row.subject_index);
                 }

@@ -72,7 +72,7 @@ impl KeyColumns {
         [&self.key_id, &self.subject_index, &self.wrapped_key, &self.master_key_id, &self.value_format]
     }
 
-    fn of(rows: &[KeyRow]) -> Self {
+    fn of(rows: &[&KeyRow]) -> Self {
         Self {
             key_id: rows.iter().map(|r| r.key_id.clone()).collect(),
             subject_index: rows.iter().map(|r| r.subject_index.clone()).collect(),
@@ -163,27 +163,29 @@ impl<R: ResiliencePolicy> KeyStore<R> {
     /// unique violation and stores nothing) are the rows inserted again keeping the stored keys (the caller reads
     /// those back). `ON CONFLICT` is not the first try because its speculative insertion costs about half again as
     /// much per key (docs/compliance.md, "Cost").
-    pub(crate) async fn create(&self, mut rows: Vec<KeyRow>) -> AuditResult<Vec<Vec<u8>>> {
-        rows.sort_unstable_by(|a, b| a.subject_index.cmp(&b.subject_index));
-        let cols = Arc::new(KeyColumns::of(&rows));
-        let plain = self
-            .with_conn(move |conn| {
+    pub(crate) async fn create(&self, rows: &[KeyRow]) -> AuditResult<Vec<Vec<u8>>> {
+        let mut sorted: Vec<&KeyRow> = rows.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.subject_index.cmp(&b.subject_index));
+        let cols = Arc::new(KeyColumns::of(&sorted));
+        let plain = {
+            let cols = cols.clone();
+            self.with_conn(move |conn| {
                 let cols = cols.clone();
                 async move {
                     conn.execute(INSERT_KEYS, &cols.params()).await.map_err(|e| pg_error(e, "storing subject keys"))
                 }
             })
-            .await;
+            .await
+        };
         match plain {
-            Ok(_) => Ok(rows.into_iter().map(|r| r.subject_index).collect()),
-            Err(e) if e.sqlstate() == Some(SqlState::UNIQUE_VIOLATION) => self.insert_keeping_stored(rows).await,
+            Ok(_) => Ok(rows.iter().map(|r| r.subject_index.clone()).collect()),
+            Err(e) if e.sqlstate() == Some(SqlState::UNIQUE_VIOLATION) => self.insert_keeping_stored(cols).await,
             Err(e) => Err(e),
         }
     }
 
     /// Inserts new keys, keeping any key already stored for a subject; returns the subject indexes inserted.
-    async fn insert_keeping_stored(&self, rows: Vec<KeyRow>) -> AuditResult<Vec<Vec<u8>>> {
-        let cols = Arc::new(KeyColumns::of(&rows));
+    async fn insert_keeping_stored(&self, cols: Arc<KeyColumns>) -> AuditResult<Vec<Vec<u8>>> {
         self.with_conn(move |conn| {
             let cols = cols.clone();
             async move {
@@ -494,11 +496,11 @@ mod tests {
     async fn creating_keys_keeps_a_key_stored_meanwhile_and_reports_only_the_inserted_subjects() {
         let db = TestDb::create("privacy_keystore").await;
         let keys = store(&db).await;
-        let mut first = keys.create(vec![row(1, 10), row(2, 20)]).await.unwrap();
+        let mut first = keys.create(&[row(1, 10), row(2, 20)]).await.unwrap();
         first.sort();
         assert_eq!(first, vec![vec![10; 32], vec![20; 32]]);
         // Subject 20 got key 2 "meanwhile": the batch (30 new, 20 again under key 4) goes in without failing.
-        let second = keys.create(vec![row(3, 30), row(4, 20)]).await.unwrap();
+        let second = keys.create(&[row(3, 30), row(4, 20)]).await.unwrap();
         assert_eq!(second, vec![vec![30; 32]], "only the subject without a stored key is reported");
         let stored = keys.by_index(vec![vec![20; 32], vec![30; 32], vec![40; 32]]).await.unwrap();
         let mut pairs: Vec<(u8, u8)> = stored.iter().map(|r| (r.subject_index[0], r.key_id[0])).collect();

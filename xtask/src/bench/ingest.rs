@@ -95,6 +95,13 @@ pub(crate) async fn statement_profile(c: &tokio_postgres::Client) -> Value {
     }
 }
 
+/// Creates pg_stat_statements in the database `c` is connected to; without it, profiles are `null` (said once here).
+pub(crate) async fn enable_statement_profile(c: &tokio_postgres::Client) {
+    if let Err(e) = c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await {
+        progress(format!("no server-side statement profile (pg_stat_statements): {e}"));
+    }
+}
+
 /// Clears pg_stat_statements (cluster-wide) so the next profile covers one phase.
 pub(crate) async fn reset_statements(c: &tokio_postgres::Client) {
     let _ = c.batch_execute("SELECT pg_stat_statements_reset()").await;
@@ -130,9 +137,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<(Vec<Measure>, Dataset)> {
         heap_dropped.join(", ")
     ));
     for c in [&cand_admin, &copy_client] {
-        if let Err(e) = c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await {
-            progress(format!("no server-side statement profile (pg_stat_statements): {e}"));
-        }
+        enable_statement_profile(c).await;
     }
     let mut wl = Workload::new(ctx.seed, ctx.shape(), ctx.now);
     let mut factory = RowFactory::new(ctx.now, 1);

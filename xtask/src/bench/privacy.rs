@@ -109,9 +109,7 @@ async fn pair(ctx: &Ctx, tag: &str, rows: usize, shape: impl Fn(Value, usize) ->
     let on_admin = super::env::connect(&on_app.url).await?;
     let off_admin = super::env::connect(&off_app.url).await?;
     for c in [&on_admin, &off_admin] {
-        if let Err(e) = c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await {
-            progress(format!("no server-side statement profile (pg_stat_statements): {e}"));
-        }
+        super::ingest::enable_statement_profile(c).await;
     }
     // Warm-up, not timed: both clients open their pools and the policy-on side loads its subject-index key, so the
     // comparison is of the write path in steady state, not of one-time start-up.
